@@ -1,0 +1,118 @@
+"""Configuration dataclasses: one small, frozen, validated record per concern.
+
+``ModelConfig`` is everything both backends need to build the same network and
+physics; ``TrainConfig`` adds how it is trained. Both are logged with
+``dataclasses.asdict``, overridden with ``dataclasses.replace`` and stored in the
+bundle, from which :func:`model_config_from_dict` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from ptyparity.errors import PtyparityError
+
+PATCH_SIZES = (32, 64, 128, 256)
+LOSS_MODES = ("poisson", "mae")
+MERGE_WEIGHTINGS = ("support", "probe")
+INTENSITY_SCALE_MODES = ("dataset", "closed_form")
+BACKENDS = ("torch", "tensorflow")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise PtyparityError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network and its physics, identical in both backends (SPEC §3-4)."""
+
+    N: int = 32
+    gridsize: int = 2
+    n_filters_scale: int = 2  # PtychoPINN's default; CPU presets use 1 (3x faster, no worse)
+    object_big: bool = True
+    probe_big: bool = False
+    probe_mask: bool = False
+    merge_weighting: str = "support"
+    max_offset: int = 0  # canvas margin for object_big; resolved from the scan step at training
+    intensity_scale_trainable: bool = False
+
+    def __post_init__(self):
+        _check_choice("N", self.N, PATCH_SIZES)
+        if self.gridsize < 1:
+            raise PtyparityError(f"gridsize must be >= 1, got {self.gridsize}")
+        if self.n_filters_scale < 1:
+            raise PtyparityError(f"n_filters_scale must be >= 1, got {self.n_filters_scale}")
+        _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
+        if self.max_offset < 0:
+            raise PtyparityError(f"max_offset must be >= 0, got {self.max_offset}")
+
+    @property
+    def channels(self):
+        """``C = gridsize**2``."""
+        return self.gridsize**2
+
+    @property
+    def n_stages(self):
+        """Encoder stages ``L = log2(N) - 3``."""
+        return int(math.log2(self.N)) - 3
+
+    @property
+    def canvas_size(self):
+        """Side of the object_big canvas, ``N + 2 * max_offset``."""
+        return self.N + 2 * self.max_offset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (SPEC §5); the data-dependent numbers are filled in
+    by the training entry point before it logs the config."""
+
+    model: ModelConfig = ModelConfig()
+    n_groups: int = 512
+    neighbor_count: int = 7
+    batch_size: int = 16
+    max_epochs: int = 8
+    learning_rate: float = 1e-3
+    loss_mode: str = "poisson"
+    intensity_scale_mode: str = "dataset"
+    intensity_scale: float | None = None  # explicit override of s
+    val_fraction: float = 0.05
+    seed: int = 0
+    deterministic: bool = False
+    patch_stats_limit: int = 16
+
+    def __post_init__(self):
+        for name in ("n_groups", "batch_size", "max_epochs", "patch_stats_limit"):
+            if getattr(self, name) < 1:
+                raise PtyparityError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.neighbor_count < 0:
+            raise PtyparityError(f"neighbor_count must be >= 0, got {self.neighbor_count}")
+        if not self.learning_rate > 0:
+            raise PtyparityError(f"learning_rate must be > 0, got {self.learning_rate}")
+        _check_choice("loss_mode", self.loss_mode, LOSS_MODES)
+        _check_choice("intensity_scale_mode", self.intensity_scale_mode, INTENSITY_SCALE_MODES)
+        if self.intensity_scale is not None and not self.intensity_scale > 0:
+            raise PtyparityError(f"intensity_scale must be > 0, got {self.intensity_scale}")
+        if not 0 <= self.val_fraction < 1:
+            raise PtyparityError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def model_config_from_dict(values):
+    """Rebuild a :class:`ModelConfig` from ``asdict`` output, rejecting unknown keys."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise PtyparityError(f"unknown model config keys {unknown}; expected a subset of {sorted(names)}")
+    return ModelConfig(**values)
+
+
+def config_hash(values):
+    """Short sha256 of a JSON-able, backend-independent config dict."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,67 @@
+"""Per-patch statistics of predicted amplitude and phase patches (SPEC §6).
+
+These are the numbers that expose a collapsing network (patches of near-zero
+variance) or a wrong ``intensity_scale``; both backends report them under the same
+names so the comparison can take their ratios.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PER_PATCH_KEYS = ("mean", "std", "min", "max", "var")
+AGGREGATE_KEYS = ("mean", "std", "min", "max", "var_zero_mean", "var_zero_mean_p05",
+                  "collapsed_fraction", "frac_saturated")
+COLLAPSE_REL_VAR = 1e-6
+SATURATION_LOW, SATURATION_HIGH = 0.02, 0.98
+
+
+def patch_stats(patches, support, *, kind="amp"):
+    """Statistics of each (group, channel) plane restricted to the support.
+
+    Parameters
+    ----------
+    patches : ndarray, shape (B, N, N, C), real
+        The ``amp_patches`` (or ``phase_patches``) tap.
+    support : ndarray, shape (N, N)
+        Support mask ``m``; only pixels with ``m > 0`` count.
+    kind : {"amp", "phase"}
+        Sets the saturation test: amplitude (sigmoid output) is saturated below
+        0.02 or above 0.98; phase (``pi * tanh``) when ``phase / pi`` mapped to
+        ``[0, 1]`` is, i.e. ``|phase| > 0.96 pi``.
+
+    Returns
+    -------
+    per_patch : dict of ndarray, each shape (B, C)
+        ``mean``, ``std`` (population), ``min``, ``max``, ``var``.
+    aggregates : dict of float
+        Means of the per-patch ``mean``/``std``, the overall ``min``/``max``,
+        ``var_zero_mean`` (mean of per-patch ``var``), ``var_zero_mean_p05`` (its 5th
+        percentile), ``collapsed_fraction`` (share of patches with
+        ``var < 1e-6 * max(mean**2, 1e-12)``) and ``frac_saturated``.
+    """
+    if kind not in ("amp", "phase"):
+        raise ValueError(f"kind must be 'amp' or 'phase', got {kind!r}")
+    patches = np.asarray(patches, np.float64)
+    if patches.ndim != 4:
+        raise ValueError(f"patches must have shape (B, N, N, C), got {patches.shape}")
+    mask = np.asarray(support) > 0
+    values = np.moveaxis(patches, -1, 1)[..., mask]  # (B, C, n_support)
+    mean = values.mean(axis=-1)
+    var = ((values - mean[..., None]) ** 2).mean(axis=-1)
+    per_patch = {"mean": mean, "std": np.sqrt(var), "min": values.min(axis=-1),
+                 "max": values.max(axis=-1), "var": var}
+    unit = values if kind == "amp" else (values / np.pi + 1.0) / 2.0
+    saturated = (unit < SATURATION_LOW) | (unit > SATURATION_HIGH)
+    collapsed = var < COLLAPSE_REL_VAR * np.maximum(mean**2, 1e-12)
+    aggregates = {
+        "mean": float(mean.mean()),
+        "std": float(per_patch["std"].mean()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "var_zero_mean": float(var.mean()),
+        "var_zero_mean_p05": float(np.percentile(var, 5)),
+        "collapsed_fraction": float(collapsed.mean()),
+        "frac_saturated": float(saturated.mean()),
+    }
+    return per_patch, aggregates

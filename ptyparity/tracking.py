@@ -1,0 +1,197 @@
+"""MLflow record of every ptyparity run (SPEC §7). The only module that imports mlflow.
+
+Runs are opened with :func:`start_run`, which sets the ``ptyparity.*`` tags and
+guarantees the run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C), never
+RUNNING. The store is whatever MLflow resolves: ``MLFLOW_TRACKING_URI`` when set
+(a team server, ``http://…``), else MLflow 3's embedded default
+``sqlite:///mlflow.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+
+DEFAULT_EXPERIMENT = "ptyparity"
+TAG_PREFIX = "ptyparity."
+KINDS = ("simulate", "train", "infer", "compare", "pipeline")
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Store creation and migrations log at INFO; users should see our lines only.
+    for name in ("mlflow.store.db.utils", "mlflow.store.model_registry", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import mlflow
+
+    return mlflow
+
+
+def tracking_uri():
+    """The tracking URI MLflow will use (env var, or the sqlite default)."""
+    return _mlflow().get_tracking_uri()
+
+
+def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
+    """Create the store and experiment once, before child processes open it.
+
+    Several processes opening a fresh sqlite store at once race on its schema
+    migration; calling this first in the parent makes the children's opens no-ops.
+
+    Returns
+    -------
+    experiment_id : str
+    """
+    mlflow = _mlflow()
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    return exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+
+
+def param_text(value):
+    """The one text form of a param value, so re-logging never conflicts."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+@contextlib.contextmanager
+def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, nested=False,
+              parent_run_id=None, backend=None):
+    """Open an MLflow run with the SPEC tags; it always ends in a final status.
+
+    Parameters
+    ----------
+    kind : {"simulate", "train", "infer", "compare", "pipeline"}
+        Stored as tag ``ptyparity.kind``.
+    experiment : str
+        Experiment name, created when missing.
+    run_name : str, optional
+    tags : dict, optional
+        Extra tags; keys without a namespace get the ``ptyparity.`` prefix.
+    nested, parent_run_id : optional
+        Make the run a child of the active run / of ``parent_run_id``.
+    backend : {"torch", "tensorflow"}, optional
+        Stored as tag ``ptyparity.backend``.
+
+    Yields
+    ------
+    run : mlflow.ActiveRun
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    mlflow = _mlflow()
+    experiment_id = init_store(experiment=experiment)
+    all_tags = {f"{TAG_PREFIX}kind": kind}
+    if backend is not None:
+        all_tags[f"{TAG_PREFIX}backend"] = backend
+    for key, value in (tags or {}).items():
+        all_tags[key if "." in key else TAG_PREFIX + key] = str(value)
+    if parent_run_id is None:
+        parent_run_id = os.environ.get("PTYPARITY_PARENT_RUN_ID") or None
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested or bool(parent_run_id),
+                           parent_run_id=parent_run_id, tags=all_tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def set_tags(tags, run_id=None):
+    """Set tags on the active run (or on ``run_id``)."""
+    mlflow = _mlflow()
+    tags = {k if "." in k else TAG_PREFIX + k: str(v) for k, v in tags.items()}
+    if run_id is None:
+        mlflow.set_tags(tags)
+    else:
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+
+
+def log_params(params):
+    """Log params in their one text form (see :func:`param_text`)."""
+    _mlflow().log_params({k: param_text(v) for k, v in params.items()})
+
+
+def log_metrics(metrics, step=None):
+    """Log finite metrics; non-finite values are skipped (a store cannot chart them)."""
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if clean:
+        _mlflow().log_metrics(clean, step=step)
+
+
+def log_dict(obj, artifact_file):
+    """Log a JSON-able object as a JSON artifact."""
+    _mlflow().log_dict(obj, artifact_file)
+
+
+def log_figure(fig, artifact_file):
+    """Log a matplotlib figure as an image artifact and close it."""
+    import matplotlib.pyplot as plt
+
+    _mlflow().log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def log_artifact(path, artifact_path=None):
+    """Log a local file (or directory) as artifact(s)."""
+    mlflow = _mlflow()
+    if os.path.isdir(path):
+        mlflow.log_artifacts(path, artifact_path)
+    else:
+        mlflow.log_artifact(path, artifact_path)
+
+
+def log_npz(arrays, artifact_file):
+    """Log a dict of arrays as an ``.npz`` artifact (plain arrays, no pickle)."""
+    directory, name = os.path.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        import numpy as np
+
+        np.savez_compressed(path, **arrays)
+        _mlflow().log_artifact(path, directory or None)
+
+
+def log_dataset(data, *, name, digest, source, context):
+    """Record a raw dataset as an MLflow dataset input with our digest.
+
+    The features are the scan positions and the diffraction stack; ``digest`` is
+    :func:`ptyparity.data.dataset_digest` so the same data is recognised anywhere.
+    """
+    mlflow = _mlflow()
+    import mlflow.data
+
+    features = {"positions": data.positions.astype("float32"), "diff3d": data.diff3d}
+    dataset = mlflow.data.from_numpy(features, source=os.path.abspath(source), name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def run_links(run_id):
+    """Where to look at a run: its UI URL, or how to start the UI for a local store."""
+    mlflow = _mlflow()
+    run = mlflow.get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return {"ui": f"{uri.rstrip('/')}/{path}"}
+    return {"ui": f"http://127.0.0.1:5000/{path}",
+            "start_ui": f"mlflow ui --backend-store-uri {uri} --port 5000"}

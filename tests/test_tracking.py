@@ -1,0 +1,69 @@
+"""The simulate run in a real (temporary sqlite) MLflow store."""
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from ptyparity import tracking
+from ptyparity.cli import app
+
+
+@pytest.fixture
+def simulated(tracking_uri, tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "--out-dir", str(tmp_path / "data"), "--object-size", "96",
+                                      "--seed", "3", "--run-name", "sim-test"])
+    assert result.exit_code == 0, result.output
+    runs = mlflow.search_runs(experiment_names=["ptyparity"], output_format="list")
+    assert len(runs) == 1
+    return runs[0], result.output, tmp_path / "data"
+
+
+def test_simulate_run_is_recorded(simulated):
+    run, output, data_dir = simulated
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "sim-test"
+    tags = run.data.tags
+    assert tags["ptyparity.kind"] == "simulate"
+    from ptyparity.data import dataset_digest, load_npz
+    assert tags["ptyparity.dataset_digest"] == dataset_digest(load_npz(data_dir / "train.npz"))
+    assert tags["ptyparity.test_dataset_digest"] == dataset_digest(load_npz(data_dir / "test.npz"))
+    params = run.data.params
+    assert params["N"] == "32" and params["object_family"] == "lines" and params["object_size_px"] == "96"
+    assert float(params["nphotons"]) == 1e6
+    assert run.data.metrics["photons_per_pattern_mean"] == pytest.approx(1e6, rel=0.02)
+    client = mlflow.MlflowClient()
+    files = {f.path for d in ("preview", "data") for f in client.list_artifacts(run.info.run_id, d)}
+    assert {"preview/object_train.png", "preview/object_test.png", "preview/probe.png",
+            "preview/diffraction.png", "data/train.npz", "data/test.npz"} <= files
+    assert "simulate.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    inputs = run.inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"ptyparity-train", "ptyparity-test"}
+    assert tags["ptyparity.dataset_digest"].startswith(
+        next(i.dataset.digest for i in inputs if i.dataset.name == "ptyparity-train"))
+    assert run.info.run_id in output and "mlflow ui --backend-store-uri" in output
+
+
+def test_failed_work_ends_the_run_failed(tracking_uri):
+    with pytest.raises(RuntimeError):
+        with tracking.start_run("simulate", run_name="boom"):
+            raise RuntimeError("boom")
+    (run,) = mlflow.search_runs(experiment_names=["ptyparity"], output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_user_error_leaves_no_running_run(tracking_uri, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.npz").write_bytes(b"precious")
+    result = CliRunner().invoke(app, ["simulate", "--out-dir", str(data), "--object-size", "96"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: ") and "--overwrite" in result.output
+    assert (data / "train.npz").read_bytes() == b"precious"  # nothing overwritten
+    runs = mlflow.search_runs(experiment_names=["ptyparity"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_param_text_is_stable():
+    assert tracking.param_text(True) == "true"
+    assert tracking.param_text(2) == "2" and tracking.param_text(2.0) == "2.0"
+    assert tracking.param_text(None) == "none"
