@@ -1,0 +1,182 @@
+"""PtychoPINN as a Keras 3 model on the TensorFlow backend (SPEC §4, §6).
+
+The layer ladder comes from :func:`ptyparity.architecture.conv_layers`, so names,
+order and shapes are shared with the torch backend; the physics half is
+:func:`ptyparity.backends.tensorflow.ops.forward_physics`. Weights cross backends as
+a flat dict of canonical names with HWIO kernels, which is Keras' own layout.
+
+Shapes below use ``B`` groups, ``N`` patch size, ``C = gridsize**2`` channels and
+``L = log2(N) - 3`` encoder stages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ptyparity import architecture  # noqa: E402
+from ptyparity.backends.tensorflow import ops  # noqa: E402
+from ptyparity.config import ModelConfig  # noqa: E402
+from ptyparity.errors import PtyparityError  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(f"ptyparity.backends.tensorflow needs KERAS_BACKEND=tensorflow, but keras was "
+                      f"already imported with the {keras.backend.backend()!r} backend")
+
+__all__ = ["PtychoPINN", "get_weights", "set_weights", "build_model"]
+
+
+def _amplitude_activation(x):
+    """Amplitude in (0, 1)."""
+    return tf.sigmoid(x)
+
+
+def _phase_activation(x):
+    """Phase in (-pi, pi) rad."""
+    return math.pi * tf.tanh(x)
+
+
+class PtychoPINN(keras.Model):
+    """Encoder, two decoders (amplitude, phase) and the differentiable forward model.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    probe : ndarray, shape (N, N), complex
+        The probe ``P`` the model illuminates with, already scaled by ``probe_norm``
+        and masked when ``probe_mask``; a constant.
+    log_scale : float
+        Initial ``log(intensity_scale)``; a Keras weight, trainable only when
+        ``cfg.intensity_scale_trainable``.
+    seed : int
+        Seed of :func:`ptyparity.architecture.init_weights` (Glorot-uniform kernels,
+        zero biases), so both backends can start from identical weights.
+
+    Notes
+    -----
+    ``model((scaled_diffraction, rel))`` takes ``s * X`` of shape (B, N, N, C) in count
+    units and offsets ``rel`` of shape (B, C, 2), and returns the SPEC §6 taps.
+    """
+
+    def __init__(self, cfg: ModelConfig, probe: np.ndarray, *, log_scale: float, seed: int = 0):
+        super().__init__(name="ptychopinn")
+        probe = np.asarray(probe)
+        if probe.shape != (cfg.N, cfg.N) or not np.iscomplexobj(probe):
+            raise PtyparityError(f"probe must be a complex ({cfg.N}, {cfg.N}) array, got {probe.dtype} {probe.shape}")
+        if not math.isfinite(float(log_scale)):
+            raise PtyparityError(f"log_scale must be finite, got {log_scale}")
+        self.cfg = cfg
+        self.probe = probe.astype(np.complex64)  # constant, not a weight
+        self.blocks = architecture.conv_layers(cfg)  # block name -> [ConvSpec, ...]
+
+        # One Conv2D per canonical name; zero-initialised here, then set from the
+        # shared init_weights below (Keras' own initialiser would draw other numbers).
+        convs = {}
+        for spec in architecture.all_convs(cfg):
+            layer = keras.layers.Conv2D(spec.c_out, 3, padding="same", data_format="channels_last",
+                                        activation="relu" if spec.relu else None,
+                                        kernel_initializer="zeros", bias_initializer="zeros",
+                                        name=spec.name)
+            layer.build((None, None, None, spec.c_in))  # kernel (3, 3, c_in, c_out): HWIO
+            convs[spec.name] = layer
+        self.convs = convs
+        self.pool = keras.layers.MaxPooling2D(2)
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.pad = keras.layers.ZeroPadding2D(cfg.N // 4)
+
+        # A tracked Keras weight (a bare tf.Variable attribute is not tracked by Keras 3).
+        self.log_scale = self.add_weight(name=architecture.LOG_SCALE, shape=(), dtype="float32",
+                                         initializer=keras.initializers.Constant(float(log_scale)),
+                                         trainable=cfg.intensity_scale_trainable)
+        self.built = True
+        set_weights(self, architecture.init_weights(cfg, seed=seed, log_scale=log_scale))
+
+    def _block(self, name, h):
+        """The convolutions of one block, in order (ReLU inside the layers that have it)."""
+        for spec in self.blocks[name]:
+            h = self.convs[spec.name](h)
+        return h
+
+    def _decode(self, branch, h, activation):
+        """One decoder and head: bottleneck (B, N/2**L, N/2**L, F) -> (B, N, N, C)."""
+        for j in range(self.cfg.n_stages - 1):
+            h = self._block(f"{branch}_decoder.{j}", h)
+            h = self.upsample(h)  # (B, N/2**(L-1-j), ..., F_j), ending at N/2
+        if self.cfg.probe_big:
+            h = self.upsample(h)  # (B, N, N, F)
+            return activation(self._block(f"{branch}_head", h))  # up_conv + ReLU, conv to C: (B, N, N, C)
+        patch = activation(self._block(f"{branch}_head", h))  # (B, N/2, N/2, C)
+        return self.pad(patch)  # zero outside the support: (B, N, N, C)
+
+    def call(self, inputs):
+        """Forward pass: ``(scaled_diffraction, rel)`` -> dict of taps (channel-last)."""
+        scaled_diffraction, rel = inputs
+        cfg = self.cfg
+        if tuple(scaled_diffraction.shape[1:]) != (cfg.N, cfg.N, cfg.channels):
+            raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
+                                 f"got {tuple(scaled_diffraction.shape)}")
+        scaled_diffraction = tf.cast(scaled_diffraction, tf.float32)  # (B, N, N, C), counts
+        rel = None if rel is None else tf.cast(rel, tf.float32)  # (B, C, 2)
+        scale = tf.exp(tf.convert_to_tensor(self.log_scale))
+        encoder_input = scaled_diffraction / scale  # (B, N, N, C), normalised X
+
+        h = encoder_input
+        for i in range(cfg.n_stages):
+            h = self._block(f"encoder.{i}", h)
+            h = self.pool(h)  # (B, N/2**(i+1), N/2**(i+1), 128 f / 2**(L-1-i))
+
+        amp = self._decode("amp", h, _amplitude_activation)  # (B, N, N, C) in (0, 1)
+        phase = self._decode("phase", h, _phase_activation)  # (B, N, N, C) in (-pi, pi)
+
+        taps = {"encoder_input": encoder_input, "amp_patches": amp, "phase_patches": phase}
+        taps.update(ops.forward_physics(
+            amp, phase, self.probe, rel=rel, object_big=cfg.object_big,
+            max_offset=cfg.max_offset, merge_weighting=cfg.merge_weighting,
+            probe_big=cfg.probe_big, log_scale=self.log_scale))
+        return taps
+
+
+# --- canonical weights -------------------------------------------------------------------
+
+
+def get_weights(model):
+    """Canonical weights of ``model``.
+
+    Returns
+    -------
+    weights : dict of ndarray (float32)
+        ``{name}.kernel`` (HWIO), ``{name}.bias`` for every convolution and
+        ``log_scale`` (shape ()), names as :func:`ptyparity.architecture.weight_shapes`.
+    """
+    weights = {}
+    for spec in architecture.all_convs(model.cfg):
+        layer = model.convs[spec.name]
+        weights[f"{spec.name}.kernel"] = np.array(keras.ops.convert_to_numpy(layer.kernel), np.float32)
+        weights[f"{spec.name}.bias"] = np.array(keras.ops.convert_to_numpy(layer.bias), np.float32)
+    weights[architecture.LOG_SCALE] = np.array(keras.ops.convert_to_numpy(model.log_scale), np.float32)
+    return weights
+
+
+def set_weights(model, weights):
+    """Load canonical weights into ``model`` (validated with
+    :func:`ptyparity.architecture.check_weights`; raises :class:`PtyparityError`)."""
+    architecture.check_weights(model.cfg, weights)
+    for spec in architecture.all_convs(model.cfg):
+        layer = model.convs[spec.name]
+        layer.kernel.assign(np.asarray(weights[f"{spec.name}.kernel"], np.float32))
+        layer.bias.assign(np.asarray(weights[f"{spec.name}.bias"], np.float32))
+    model.log_scale.assign(np.asarray(weights[architecture.LOG_SCALE], np.float32))
+
+
+def build_model(cfg, probe, weights):
+    """A :class:`PtychoPINN` for ``cfg`` and ``probe`` holding ``weights``."""
+    architecture.check_weights(cfg, weights)
+    model = PtychoPINN(cfg, probe, log_scale=float(weights[architecture.LOG_SCALE]))
+    set_weights(model, weights)
+    return model

@@ -1,0 +1,241 @@
+"""Backend-neutral training inputs and rules (SPEC §2, §5).
+
+Everything that must be identical in both backends is computed here, once, in
+NumPy: the groups, the train/validation split, the per-epoch batch order, the
+normalisation scalars, the model probe, the batches themselves and the learning
+rate plateau rule. A backend only runs forward, loss, backward and step on what
+this module hands it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ptyparity import physics
+from ptyparity.config import TrainConfig
+from ptyparity.errors import PtyparityError
+from ptyparity.grouping import Groups, default_max_offset, group_positions, inference_groups
+
+
+@dataclass(frozen=True)
+class Scales:
+    """The numbers that tie data units to model units; persisted in every bundle.
+
+    Attributes
+    ----------
+    input_norm : float
+        ``X = diff3d * input_norm`` has mean pattern energy ``(N/2)**2``.
+    data_scale : float
+        The fixed ``s`` of SPEC §2 (``s * X`` is the target, in count units).
+    intensity_scale : float
+        ``exp(log_scale)``: equal to ``data_scale`` at the start of training and
+        after it unless ``intensity_scale_trainable``; the value in effect is what
+        a bundle persists and inference uses.
+    probe_norm : float
+        ``P = probe_norm * probe``.
+    nphotons : float
+        Mean photons per training pattern (from the file when it says, else measured).
+    """
+
+    input_norm: float
+    data_scale: float
+    intensity_scale: float
+    probe_norm: float
+    nphotons: float
+
+    @property
+    def log_scale(self):
+        return math.log(self.intensity_scale)
+
+
+def compute_scales(data, cfg: TrainConfig):
+    """Normalisation scalars from the training data and the config (SPEC §2)."""
+    n = data.N
+    norm = physics.input_norm(data.diff3d)
+    nphotons = float(data.extras["nphotons"]) if "nphotons" in data.extras else data.nphotons
+    if cfg.intensity_scale is not None:
+        s = float(cfg.intensity_scale)
+    else:
+        s = physics.intensity_scale(cfg.intensity_scale_mode, input_norm=norm, n=n, nphotons=nphotons)
+    probe = physics.effective_probe(data.probe, probe_mask=cfg.model.probe_mask)
+    return Scales(input_norm=norm, data_scale=s, intensity_scale=s, probe_norm=physics.probe_norm(probe),
+                  nphotons=nphotons)
+
+
+def model_probe(probe, scales, *, probe_mask=False):
+    """The probe the model illuminates with: ``probe_norm * (masked) probe``, complex64."""
+    return (scales.probe_norm * physics.effective_probe(probe, probe_mask=probe_mask)).astype(np.complex64)
+
+
+def group_batch(diff3d, groups: Groups, which, *, input_norm, data_scale):
+    """One batch in canonical layout.
+
+    Parameters
+    ----------
+    diff3d : ndarray, shape (M, N, N)
+        Measured amplitudes.
+    groups : Groups
+    which : ndarray of int
+        Group indices of the batch.
+    input_norm, data_scale : float
+
+    Returns
+    -------
+    scaled_diffraction : ndarray, shape (b, N, N, C), float32
+        ``s * X = diff3d * input_norm * s`` (count units; the loss target).
+    rel : ndarray, shape (b, C, 2), float32
+    """
+    idx = groups.indices[which]  # (b, C)
+    patterns = np.moveaxis(diff3d[idx], 1, -1)  # (b, C, N, N) -> (b, N, N, C)
+    scaled = (patterns.astype(np.float64) * (input_norm * data_scale)).astype(np.float32)
+    return scaled, groups.rel[which].astype(np.float32)
+
+
+@dataclass
+class TrainingSet:
+    """Groups, split, scales and batch order for one training run.
+
+    Build it with :func:`prepare`; both backends iterate it identically.
+    """
+
+    cfg: TrainConfig
+    diff3d: np.ndarray
+    groups: Groups
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    scales: Scales
+    probe: np.ndarray
+
+    def batch(self, which):
+        """``(scaled_diffraction, rel)`` of groups ``which``; see :func:`group_batch`."""
+        return group_batch(self.diff3d, self.groups, which, input_norm=self.scales.input_norm,
+                           data_scale=self.scales.data_scale)
+
+    def epoch_batches(self, epoch):
+        """Group indices of each training batch of ``epoch`` (0-based), in order.
+
+        The shuffle comes from ``numpy.random.default_rng([seed, epoch])`` so both
+        backends see the same order; the last batch may be short.
+        """
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.train_idx)
+        bs = self.cfg.batch_size
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def val_batches(self):
+        """Validation batches, fixed order."""
+        bs = self.cfg.batch_size
+        return [self.val_idx[i : i + bs] for i in range(0, len(self.val_idx), bs)]
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(len(self.train_idx) / self.cfg.batch_size)
+
+
+def resolve_config(cfg: TrainConfig, data):
+    """Fill in what depends on the data: ``N`` and ``max_offset`` of the model."""
+    model = cfg.model
+    if model.N != data.N:
+        model = dataclasses.replace(model, N=data.N)
+    if model.gridsize > 1 and model.max_offset == 0:
+        model = dataclasses.replace(model, max_offset=default_max_offset(data.positions))
+    return dataclasses.replace(cfg, model=model)
+
+
+def prepare(data, cfg: TrainConfig):
+    """Group, split and scale the training data.
+
+    Parameters
+    ----------
+    data : RawData
+        Training data.
+    cfg : TrainConfig
+        Should come from :func:`resolve_config`.
+
+    Returns
+    -------
+    training_set : TrainingSet
+    """
+    model = cfg.model
+    groups = group_positions(data.positions, gridsize=model.gridsize, n_groups=cfg.n_groups,
+                             neighbor_count=cfg.neighbor_count, max_offset=model.max_offset or None,
+                             seed=cfg.seed)
+    n_val = int(round(cfg.val_fraction * len(groups))) if cfg.val_fraction > 0 else 0
+    if cfg.val_fraction > 0:
+        n_val = max(1, n_val)
+    if len(groups) - n_val < 1:
+        raise PtyparityError(f"n_groups={cfg.n_groups} leaves no training group after the validation split; "
+                             "raise --n-groups")
+    perm = np.random.default_rng(cfg.seed).permutation(len(groups))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    scales = compute_scales(data, cfg)
+    probe = model_probe(data.probe, scales, probe_mask=model.probe_mask)
+    return TrainingSet(cfg=cfg, diff3d=data.diff3d, groups=groups, train_idx=train_idx, val_idx=val_idx,
+                       scales=scales, probe=probe)
+
+
+def inference_set(data, model_cfg, *, neighbor_count, seed):
+    """Groups for inference: every scan position seeds one group (SPEC §2)."""
+    return inference_groups(data.positions, gridsize=model_cfg.gridsize, neighbor_count=neighbor_count,
+                            max_offset=model_cfg.max_offset or None, seed=seed)
+
+
+class PlateauRule:
+    """Halve the learning rate after ``patience`` epochs without improvement.
+
+    An epoch improves when its validation deviance is below ``best * (1 - 1e-4)``;
+    after 2 consecutive epochs that do not, the rate halves (never below
+    ``min_lr``) and the count restarts; no cooldown. Identical in both backends
+    because the frameworks' own schedulers count patience differently.
+    """
+
+    def __init__(self, lr, *, factor=0.5, patience=2, min_lr=1e-4, rel_threshold=1e-4):
+        self.lr = float(lr)
+        self.factor = factor
+        self.patience = patience
+        self.min_lr = min_lr
+        self.rel_threshold = rel_threshold
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, val_deviance):
+        """Record one epoch's validation deviance; return the learning rate to use next."""
+        if val_deviance < self.best * (1 - self.rel_threshold) or self.best == math.inf:
+            self.best = float(val_deviance)
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.lr = max(self.lr * self.factor, self.min_lr)
+                self.bad_epochs = 0
+        return self.lr
+
+
+class TrainHooks:
+    """What a backend's ``fit`` reports back; the shared workflow records it.
+
+    Both backends call these with the same names and meanings, so the MLflow
+    record of a torch run and a TF run line up column for column.
+    """
+
+    def on_step(self, step, metrics):
+        """After each optimiser step. ``step`` counts from 0 over the whole run;
+        ``metrics`` has ``train_step_loss`` and ``train_step_deviance`` of the batch
+        just used, computed *before* the update (the value the gradient came from)."""
+
+    def on_epoch_end(self, epoch, metrics):
+        """After each epoch (0-based) with ``train_loss``, ``val_loss``,
+        ``train_deviance``, ``val_deviance`` (batch-size-weighted means; train
+        values over the epoch's pre-update batches), ``intensity_scale``
+        (``exp(log_scale)`` after the epoch) and ``learning_rate`` (the rate used
+        in this epoch)."""
+
+
+def weighted_mean(values, weights):
+    """Batch-size-weighted mean used for every per-epoch loss."""
+    values = np.asarray(values, np.float64)
+    weights = np.asarray(weights, np.float64)
+    return float(np.sum(values * weights) / np.sum(weights)) if len(values) else float("nan")
