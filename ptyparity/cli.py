@@ -65,7 +65,7 @@ def simulate(
 ):
     """Simulate the seeded train/test datasets and record them in a ``simulate`` run."""
     with _user_errors():
-        from ptyparity.pipeline import run_simulate
+        from ptyparity.workflows import run_simulate
         from ptyparity.simulate import SimConfig
 
         cfg = SimConfig(N=n, object_family=object_family, object_size_px=object_size, scan_step_px=scan_step,
@@ -125,6 +125,101 @@ def inspect(
 
 
 @app.command()
+def train(
+    train_data: Annotated[Path, typer.Option(help="Raw training NPZ.")],
+    backend: Annotated[str, typer.Option(help="torch or tensorflow.")] = "torch",
+    test_data: Annotated[Optional[Path], typer.Option(help="Held-out NPZ: deviance before/after training.")] = None,
+    n_groups: Annotated[int, typer.Option(help="Number of training groups.")] = 512,
+    gridsize: Annotated[int, typer.Option(help="Groups have gridsize**2 patterns.")] = 2,
+    neighbor_count: Annotated[int, typer.Option(help="Partners come from this many nearest positions.")] = 7,
+    batch_size: Annotated[int, typer.Option(help="Groups per batch.")] = 16,
+    max_epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    n_filters_scale: Annotated[int, typer.Option(help="Network width factor f (2 = PtychoPINN; 1 trains ~3x faster on CPU).")] = 2,
+    loss_mode: Annotated[str, typer.Option(help="poisson or mae.")] = "poisson",
+    object_big: Annotated[bool, typer.Option(help="Merge each group's patches on one canvas.")] = True,
+    probe_big: Annotated[bool, typer.Option(help="Predict full N x N patches instead of the N/2 centre.")] = False,
+    probe_mask: Annotated[bool, typer.Option(help="Mask the probe with a disk of radius N/4.")] = False,
+    merge_weighting: Annotated[str, typer.Option(help="support or probe.")] = "support",
+    intensity_scale_mode: Annotated[str, typer.Option(help="dataset or closed_form.")] = "dataset",
+    intensity_scale: Annotated[Optional[float], typer.Option(help="Explicit intensity scale s (overrides the mode).")] = None,
+    intensity_scale_trainable: Annotated[bool, typer.Option(help="Learn log_scale.")] = False,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
+    devices: Annotated[int, typer.Option(help="Number of devices (torch: Lightning DDP when > 1).")] = 1,
+    deterministic: Annotated[bool, typer.Option(help="Framework deterministic mode.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of grouping, split, shuffle and init.")] = 0,
+    log_patch_stats: Annotated[bool, typer.Option(help="Log patch.* statistics.")] = True,
+    patch_stats_limit: Annotated[int, typer.Option(help="Groups in the statistics and debug dump.")] = 16,
+    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = True,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from this bundle's weights (path or URI).")] = None,
+    register: Annotated[bool, typer.Option(help="Register the bundle as ptyparity-<backend>.")] = True,
+    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+):
+    """Train one backend and record the run, its bundle and its registered model."""
+    with _user_errors():
+        from ptyparity.config import BACKENDS, ModelConfig, TrainConfig
+        from ptyparity.workflows import run_train
+
+        if backend not in BACKENDS:
+            raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        model = ModelConfig(gridsize=gridsize, n_filters_scale=n_filters_scale, object_big=object_big,
+                            probe_big=probe_big, probe_mask=probe_mask, merge_weighting=merge_weighting,
+                            intensity_scale_trainable=intensity_scale_trainable)
+        cfg = TrainConfig(model=model, n_groups=n_groups, neighbor_count=neighbor_count, batch_size=batch_size,
+                          max_epochs=max_epochs, learning_rate=learning_rate, loss_mode=loss_mode,
+                          intensity_scale_mode=intensity_scale_mode, intensity_scale=intensity_scale, seed=seed,
+                          deterministic=deterministic, patch_stats_limit=patch_stats_limit)
+        result = run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment, run_name=run_name,
+                           quiet=quiet, accelerator=accelerator, devices=devices, log_patch_stats=log_patch_stats,
+                           debug_dump=debug_dump, init_from=init_from, register=register, measurement=measurement)
+    m = result.final_metrics
+    typer.echo(f"trained {backend}: train_deviance {m['train_deviance']:.4g}, val_deviance {m['val_deviance']:.4g}"
+               + (f", test_deviance {m['test_deviance_initial']:.4g} -> {m['test_deviance']:.4g}"
+                  if "test_deviance" in m else ""))
+    typer.echo(f"  patches:   amp var_zero_mean {m['patch.amp.var_zero_mean']:.3g}, "
+               f"collapsed {m['patch.amp.collapsed_fraction']:.0%}")
+    typer.echo(f"  run id:    {result.run_id}")
+    typer.echo(f"  model:     {result.model_uri}"
+               + (f"  (models:/ptyparity-{backend}/{result.registered_version})" if result.registered_version else ""))
+    _echo_links(result.run_id)
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Option(help="models:/ptyparity-<backend>/<version|@alias>, runs:/<id>/model or a bundle dir.")],
+    data: Annotated[Path, typer.Option(help="Raw NPZ to reconstruct.")],
+    backend: Annotated[Optional[str], typer.Option(help="Run on this backend instead of the bundle's own.")] = None,
+    patch_stats_limit: Annotated[Optional[int], typer.Option(help="Groups in the statistics and debug dump.")] = None,
+    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = True,
+    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = "auto",
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+):
+    """Reconstruct a dataset with a trained bundle and record an ``infer`` run."""
+    with _user_errors():
+        from ptyparity.config import BACKENDS
+        from ptyparity.workflows import run_infer
+
+        if backend is not None and backend not in BACKENDS:
+            raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        result = run_infer(model, data, backend=backend, experiment=experiment, run_name=run_name,
+                           debug_dump=debug_dump, patch_stats_limit=patch_stats_limit, measurement=measurement)
+    m = result.metrics
+    if "gt.amp.ssim" in m:
+        typer.echo(f"reconstructed: SSIM amp {m['gt.amp.ssim']:.3f} (flat {m['gt.amp.ssim_flat']:.3f}), "
+                   f"phase {m['gt.phase.ssim']:.3f} (flat {m['gt.phase.ssim_flat']:.3f})")
+    else:
+        typer.echo("reconstructed (no objectGuess: no gt.* metrics)")
+    typer.echo(f"  patches:   amp var_zero_mean {m['patch.amp.var_zero_mean']:.3g}, "
+               f"mean_input_scale {m['mean_input_scale']:.4g}")
+    typer.echo(f"  run id:    {result.run_id}")
+    _echo_links(result.run_id)
+
+
+@app.command()
 def pipeline(
     out_dir: Annotated[Path, typer.Option(help="Directory for the simulated data.")] = Path("data"),
     n: Annotated[int, typer.Option("--n", "-N", help="Patch size N.")] = 32,
@@ -140,7 +235,7 @@ def pipeline(
     """
     with _user_errors():
         from ptyparity.data import load_npz
-        from ptyparity.pipeline import run_simulate
+        from ptyparity.workflows import run_simulate
         from ptyparity.simulate import SimConfig
 
         train_path = out_dir / "train.npz"

@@ -77,3 +77,73 @@ def dataset_figure(data, *, title=""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def patch_grid_figure(patches, *, normalise=True, title="", max_panels=16):
+    """Grid of (group, channel) amplitude panels.
+
+    Parameters
+    ----------
+    patches : ndarray, shape (B, N, N, C), real
+    normalise : bool
+        True: each panel min-max scaled (shows structure even in collapsed
+        patches); False: one shared colour scale (shows level differences).
+    """
+    plt = _plt()
+    b, n, _, c = patches.shape
+    panels = np.moveaxis(patches, -1, 1).reshape(b * c, n, n)[:max_panels]
+    cols = min(c if c > 1 else 4, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    lo, hi = float(panels.min()), float(panels.max())
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        p = panels[i]
+        if normalise:
+            ax.imshow(p, cmap="gray", vmin=p.min(), vmax=p.max() if p.max() > p.min() else p.min() + 1e-12)
+        else:
+            ax.imshow(p, cmap="gray", vmin=lo, vmax=hi)
+        ax.set_title(f"g{i // c} c{i % c}", fontsize=8)
+    fig.suptitle(title or ("patches, each min-max scaled" if normalise else f"patches, shared scale [{lo:.3g}, {hi:.3g}]"),
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(history):
+    """Per-epoch train/val loss and deviance (log scale), and the learning rate."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    for key in ("train_loss", "val_loss"):
+        axes[0].plot(epochs, history[key], marker="o", label=key)
+    for key in ("train_deviance", "val_deviance"):
+        axes[1].plot(epochs, history[key], marker="o", label=key)
+    axes[1].set_yscale("log")
+    axes[2].plot(epochs, history["learning_rate"], marker="o")
+    axes[2].set_yscale("log")
+    for ax, title in zip(axes, ("loss", "Poisson deviance", "learning rate")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def canvas_figure(canvas, *, reference=None, title="reconstruction"):
+    """Stitched amplitude and phase, with the ground truth beside it when given."""
+    plt = _plt()
+    rows = 2 if reference is not None else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 4 * rows), squeeze=False)
+    _panel(fig, axes[0, 0], np.abs(canvas), f"{title} amplitude")
+    _panel(fig, axes[0, 1], np.angle(canvas), f"{title} phase (rad)", cmap="twilight")
+    if reference is not None:
+        _panel(fig, axes[1, 0], np.abs(reference), "objectGuess amplitude")
+        _panel(fig, axes[1, 1], np.angle(reference), "objectGuess phase (rad)", cmap="twilight")
+    fig.tight_layout()
+    return fig

@@ -65,3 +65,37 @@ def patch_stats(patches, support, *, kind="amp"):
         "frac_saturated": float(saturated.mean()),
     }
     return per_patch, aggregates
+
+
+def tap_summary(taps, raw_diffraction, support):
+    """Everything the record keeps about a batch of taps (SPEC §6-7).
+
+    Parameters
+    ----------
+    taps : dict of ndarray
+        At least ``encoder_input``, ``amp_patches``, ``phase_patches``,
+        ``pred_amplitude`` and ``pred_amplitude_counts``, each ``(B, N, N, C)``.
+    raw_diffraction : ndarray, shape (B, N, N, C)
+        The measured amplitudes ``diff3d`` of the same groups.
+    support : ndarray, shape (N, N)
+
+    Returns
+    -------
+    metrics : dict of float
+        ``patch.amp.<stat>``, ``patch.phase.<stat>``, and the measured scale factors
+        ``mean_input_scale`` (from ``diff3d`` to the encoder input) and
+        ``mean_physics_scale`` (from ``A_hat`` to count units).
+    per_patch : dict
+        JSON-able per-patch values ``{"amp": {stat: [[...]]}, "phase": {...}}``.
+    """
+    metrics = {}
+    per_patch = {}
+    for kind, key in (("amp", "amp_patches"), ("phase", "phase_patches")):
+        per, agg = patch_stats(taps[key], support, kind=kind)
+        per_patch[kind] = {k: v.tolist() for k, v in per.items()}
+        metrics.update({f"patch.{kind}.{k}": v for k, v in agg.items()})
+    raw = np.asarray(raw_diffraction, np.float64)
+    metrics["mean_input_scale"] = float(np.mean(taps["encoder_input"], dtype=np.float64) / raw.mean())
+    metrics["mean_physics_scale"] = float(np.mean(taps["pred_amplitude_counts"], dtype=np.float64)
+                                          / np.mean(taps["pred_amplitude"], dtype=np.float64))
+    return metrics, per_patch

@@ -195,3 +195,88 @@ def run_links(run_id):
         return {"ui": f"{uri.rstrip('/')}/{path}"}
     return {"ui": f"http://127.0.0.1:5000/{path}",
             "start_ui": f"mlflow ui --backend-store-uri {uri} --port 5000"}
+
+
+def log_series(key, values, *, start_step=0):
+    """Log a whole metric history (one key, one value per step) in few requests."""
+    mlflow = _mlflow()
+    import time
+
+    from mlflow.entities import Metric
+
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, start_step + i) for i, v in enumerate(values) if math.isfinite(float(v))]
+    client = mlflow.MlflowClient()
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def log_bundle_model(bundle_dir, *, registered_model_name=None, pip_requirements=None):
+    """Log a bundle directory as a pyfunc model (models from code, no pickle).
+
+    Returns
+    -------
+    model_uri : str
+        ``runs:/<run_id>/model``.
+    version : str or None
+        The registered model version, when ``registered_model_name`` is given.
+    """
+    mlflow = _mlflow()
+    import mlflow.pyfunc
+
+    code = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tracking_pyfunc.py")
+    info = mlflow.pyfunc.log_model(name="model", python_model=code, artifacts={"bundle": bundle_dir},
+                                   registered_model_name=registered_model_name,
+                                   pip_requirements=pip_requirements or [])
+    run_id = mlflow.active_run().info.run_id
+    version = None
+    if registered_model_name:
+        version = str(info.registered_model_version)
+    return f"runs:/{run_id}/model", version
+
+
+def download_model(uri):
+    """Local copy of a model/artifact URI (``models:/…``, ``runs:/…``)."""
+    mlflow = _mlflow()
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from ptyparity.errors import PtyparityError
+
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PtyparityError(f"{uri}: cannot fetch the model ({first}); check the name, version or alias "
+                             f"and MLFLOW_TRACKING_URI") from None
+
+
+def model_version_of(uri):
+    """``(name, version)`` for a ``models:/name/version`` or ``models:/name@alias`` URI, else None."""
+    if not uri.startswith("models:/"):
+        return None
+    mlflow = _mlflow()
+    rest = uri[len("models:/"):]
+    client = mlflow.MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.partition("/")
+    if version.isdigit():
+        return name, version
+    return None
+
+
+def get_run(run_id):
+    """The run, or a one-line error naming the unknown id."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    from ptyparity.errors import PtyparityError
+
+    try:
+        return mlflow.get_run(run_id)
+    except MlflowException:
+        raise PtyparityError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; check the id "
+                             "and MLFLOW_TRACKING_URI") from None
