@@ -209,7 +209,8 @@ class PlateauRule:
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
-                self.lr = max(self.lr * self.factor, self.min_lr)
+                # Never below min_lr, and never raised to it when training started lower.
+                self.lr = max(self.lr * self.factor, min(self.min_lr, self.lr))
                 self.bad_epochs = 0
         return self.lr
 

@@ -76,6 +76,8 @@ def test_plateau_rule_halves_after_two_flat_epochs():
     for _ in range(10):
         rule.step(8.0)
     assert rule.lr == 1e-4  # floor
+    low = training.PlateauRule(5e-5)
+    assert [low.step(1.0) for _ in range(3)] == [5e-5, 5e-5, 5e-5]  # never raised to the floor
 
 
 def test_weighted_mean():

@@ -1,0 +1,259 @@
+"""The PyTorch backend API (see :func:`ptyparity.backends.load_backend`).
+
+NumPy in, NumPy out, canonical channel-last layouts at every boundary. Training
+runs through Lightning with the batches, batch order, loss reduction, optimizer
+and plateau rule that SPEC §5 fixes for both backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ptyparity.backends.torch import network, ops
+from ptyparity.backends.torch.lightning_module import PtychoPINNModule
+from ptyparity.training import TrainHooks
+
+NAME = "torch"
+
+EPOCH_KEYS = ("train_loss", "val_loss", "train_deviance", "val_deviance", "intensity_scale", "learning_rate")
+STEP_KEYS = ("train_step_loss", "train_step_deviance")
+
+# Info-level chatter ("GPU available: …", "`Trainer.fit` stopped: …") lives under these.
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+def versions():
+    """Framework versions, logged as run params."""
+    return {"torch_version": torch.__version__, "lightning_version": L.__version__}
+
+
+def build(cfg, probe, weights, *, device=None):
+    """An eval-mode network holding canonical ``weights``.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    probe : ndarray, shape (N, N), complex
+        The model probe (already scaled, masked when ``probe_mask``).
+    weights : dict of ndarray
+        Canonical weights (:func:`ptyparity.architecture.weight_shapes` names, HWIO).
+    device : str or torch.device, optional
+        Default CPU.
+
+    Returns
+    -------
+    model : PtychoPINN
+        Conv kernels in ``channels_last`` memory.
+    """
+    model = network.build_model(cfg, probe, weights)
+    if device is not None:
+        model = model.to(device)  # keeps the channels_last strides
+    return model.eval()
+
+
+def get_weights(model):
+    """The model's weights as the canonical dict of float32 arrays."""
+    return network.get_weights(model)
+
+
+def forward(model, scaled_diffraction, rel, keep=None):
+    """Run the network without gradients, in eval mode.
+
+    Parameters
+    ----------
+    model : PtychoPINN
+    scaled_diffraction : ndarray, shape (b, N, N, C), float32
+        Measured amplitudes in count units, ``s * X``.
+    rel : ndarray, shape (b, C, 2)
+        Channel offsets ``[x, y]`` from the group centre.
+    keep : sequence of str, optional
+        Taps to return (default all).
+
+    Returns
+    -------
+    taps : dict of ndarray
+        Canonical channel-last layout; only the taps in ``keep``.
+    """
+    device = model.log_scale.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            taps = model(ops.to_backend(scaled_diffraction, device=device), ops.to_backend(rel, device=device))
+    finally:
+        model.train(was_training)
+    if keep is not None:
+        keep = tuple(keep)
+        missing = [name for name in keep if name not in taps]
+        if missing:
+            raise ValueError(f"unknown taps {missing}; available: {', '.join(taps)}")
+        taps = {name: taps[name] for name in keep}
+    return {name: ops.to_numpy(t) for name, t in taps.items()}
+
+
+class _GroupBatches(Dataset):
+    """``dataset[indices]`` is the batch of groups ``indices`` as tensors."""
+
+    def __init__(self, training_set):
+        self.training_set = training_set
+
+    def __getitem__(self, indices):
+        scaled, rel = self.training_set.batch(indices)
+        return torch.from_numpy(scaled), torch.from_numpy(rel)
+
+
+class _EpochBatchSampler(Sampler):
+    """Yields each batch's group indices, in the order the training set fixes.
+
+    Lightning calls :meth:`set_epoch` before every epoch; the order is computed when
+    iteration starts, so it is always ``training_set.epoch_batches(epoch)``.
+    """
+
+    def __init__(self, training_set):
+        self.training_set = training_set
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        yield from self.training_set.epoch_batches(self.epoch)
+
+    def __len__(self):
+        return self.training_set.steps_per_epoch
+
+
+class _FixedBatchSampler(Sampler):
+    """Yields a fixed list of index batches (validation)."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def __iter__(self):
+        yield from self.batches
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class _History(TrainHooks):
+    """Records every hook call into per-epoch and per-step lists, then forwards it."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
+
+    def on_step(self, step, metrics):
+        for key in STEP_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_step(step, metrics)
+
+    def on_epoch_end(self, epoch, metrics):
+        for key in EPOCH_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_epoch_end(epoch, metrics)
+
+
+@contextlib.contextmanager
+def _lightning_output(quiet):
+    """Hide Lightning's info lines when ``quiet``, and three warnings that are no news
+    to the user: in-memory NumPy batches need no loader workers, a training set
+    without validation groups skips validation by design, and Lightning's own use of
+    torch's deprecated ``LeafSpec``. Every other warning stays."""
+    saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    try:
+        if quiet:
+            for name in _LIGHTNING_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`. Skipping val loop.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _torch_flags_kept():
+    """``Trainer(deterministic=…)`` sets process-wide torch flags; put them back after."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False):
+    """Train ``model`` in place with Lightning (SPEC §5).
+
+    Batches are ``training_set.epoch_batches(epoch)`` for epoch ``0 … max_epochs-1``,
+    in that order; validation runs over ``training_set.val_batches()`` after every
+    epoch; the plateau rule sets the next epoch's rate from the validation deviance.
+
+    Parameters
+    ----------
+    model : PtychoPINN
+        Built for ``training_set.cfg.model``; its weights are updated in place and
+        it comes back in eval mode, on the CPU when it was trained elsewhere
+        (Lightning's teardown moves it there).
+    training_set : TrainingSet
+    hooks : TrainHooks, optional
+        Receives ``on_step`` / ``on_epoch_end`` as documented there.
+    quiet : bool
+        No progress bar, model summary or Lightning info lines.
+    accelerator, devices
+        Passed to :class:`lightning.Trainer`.
+    deterministic : bool
+        Torch's deterministic algorithms (``Trainer(deterministic=True)``) for this
+        fit; the process-wide flags are restored afterwards.
+
+    Returns
+    -------
+    history : dict of list of float
+        Per epoch: ``train_loss``, ``val_loss``, ``train_deviance``, ``val_deviance``,
+        ``intensity_scale``, ``learning_rate``; per step: ``train_step_loss``,
+        ``train_step_deviance``.
+    """
+    cfg = training_set.cfg
+    if model.cfg != cfg.model:
+        raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
+    recorder = _History(hooks if hooks is not None else TrainHooks())
+    system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
+    train_loader = DataLoader(_GroupBatches(training_set), batch_size=None,
+                              sampler=_EpochBatchSampler(training_set))
+    val_batches = training_set.val_batches()
+    val_loader = (DataLoader(_GroupBatches(training_set), batch_size=None, sampler=_FixedBatchSampler(val_batches))
+                  if val_batches else None)
+    # Training itself draws no random numbers (weights and batch order come from NumPy);
+    # seeding torch only pins down anything a future layer might draw. The global
+    # NumPy and `random` states are left alone.
+    torch.manual_seed(cfg.seed)
+    with _lightning_output(quiet), _torch_flags_kept():
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            max_epochs=cfg.max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=not quiet,
+            enable_model_summary=not quiet,
+            deterministic=deterministic,
+            num_sanity_val_steps=0,
+        )
+        system.train()  # Lightning keeps the modes it finds; build() hands out eval mode
+        try:
+            trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        finally:
+            model.eval()
+    return recorder.history

@@ -1,0 +1,148 @@
+"""The training system around the torch PtychoPINN network (SPEC §5).
+
+A thin :class:`lightning.LightningModule`: it wraps the plain ``nn.Module`` from
+:mod:`ptyparity.backends.torch.network`, computes one loss in a shared
+:meth:`PtychoPINNModule.model_step`, builds one Adam optimizer, steps the shared
+:class:`ptyparity.training.PlateauRule` and reports through
+:class:`ptyparity.training.TrainHooks`. The physics stays in ``ops`` and ``network``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from ptyparity.backends.torch import ops
+from ptyparity.config import LOSS_MODES
+from ptyparity.training import PlateauRule, TrainHooks, weighted_mean
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-7  # Keras' default, so both backends run the same Adam
+
+
+class _EpochMeter:
+    """Per-batch loss, deviance and size of one epoch, averaged by batch size."""
+
+    def __init__(self):
+        self.loss, self.deviance, self.sizes = [], [], []
+
+    def add(self, loss, deviance, size):
+        self.loss.append(float(loss))
+        self.deviance.append(float(deviance))
+        self.sizes.append(int(size))
+
+    def means(self):
+        """``(loss, deviance)`` weighted by batch size."""
+        return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
+
+
+class PtychoPINNModule(L.LightningModule):
+    """Loss, optimizer, plateau rule and hooks around a PtychoPINN network.
+
+    Parameters
+    ----------
+    net : PtychoPINN
+        The network; trained in place.
+    loss_mode : {"poisson", "mae"}
+        What is optimised. The Poisson deviance is computed in both modes and
+        reported, never optimised in ``mae`` mode.
+    learning_rate : float
+        Initial Adam rate; the plateau rule starts from it.
+    hooks : TrainHooks
+        Receives ``on_step`` after every optimiser step and ``on_epoch_end`` after
+        every epoch (validation included).
+    """
+
+    def __init__(self, net: nn.Module, *, loss_mode: str, learning_rate: float, hooks: TrainHooks):
+        super().__init__()
+        if loss_mode not in LOSS_MODES:
+            raise ValueError(f"loss_mode must be one of {', '.join(LOSS_MODES)}; got {loss_mode!r}")
+        self.net = net
+        self.loss_mode = loss_mode
+        self.hooks = hooks
+        self.plateau = PlateauRule(learning_rate)
+        self._train = _EpochMeter()
+        self._val = _EpochMeter()
+        self._step = 0
+
+    def forward(self, scaled_diffraction, rel):
+        return self.net(scaled_diffraction, rel)
+
+    def model_step(self, batch):
+        """Loss (with gradient) and Poisson deviance (without) of one batch.
+
+        Parameters
+        ----------
+        batch : (Tensor, Tensor)
+            ``scaled_diffraction`` (b, N, N, C) in count units and ``rel`` (b, C, 2).
+
+        Returns
+        -------
+        loss, deviance : Tensor, shape ()
+        """
+        scaled, rel = batch
+        taps = self.net(scaled, rel)
+        log_scale = self.net.log_scale
+        if self.loss_mode == "poisson":
+            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
+        else:
+            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
+        with torch.no_grad():
+            deviance = ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale)
+        return loss, deviance
+
+    # --- training ------------------------------------------------------------------
+
+    def on_train_epoch_start(self):
+        self._train = _EpochMeter()
+
+    def training_step(self, batch, batch_idx):
+        loss, deviance = self.model_step(batch)
+        size = batch[0].shape[0]
+        self.log("train_step_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        return {"loss": loss, "deviance": deviance, "size": size}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """After the optimiser step; ``outputs`` hold the pre-update values."""
+        loss, deviance = float(outputs["loss"]), float(outputs["deviance"])
+        self._train.add(loss, deviance, outputs["size"])
+        self.hooks.on_step(self._step, {"train_step_loss": loss, "train_step_deviance": deviance})
+        self._step += 1
+
+    def on_train_epoch_end(self):
+        """Epoch means, the plateau rule for the next epoch's rate, then the hook."""
+        train_loss, train_deviance = self._train.means()
+        # Lightning validates before this hook; without validation batches the train values steer.
+        val_loss, val_deviance = self._val.means() if self._val.sizes else (train_loss, train_deviance)
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "train_deviance": train_deviance,
+            "val_deviance": val_deviance,
+            "intensity_scale": math.exp(float(self.net.log_scale.detach())),
+            "learning_rate": float(optimizer.param_groups[0]["lr"]),
+        }
+        next_lr = self.plateau.step(val_deviance)
+        for group in optimizer.param_groups:
+            group["lr"] = next_lr
+        self.log("val_deviance", val_deviance, prog_bar=True)
+        self.hooks.on_epoch_end(self.current_epoch, metrics)
+
+    # --- validation ----------------------------------------------------------------
+
+    def on_validation_epoch_start(self):
+        self._val = _EpochMeter()
+
+    def validation_step(self, batch, batch_idx):
+        loss, deviance = self.model_step(batch)
+        self._val.add(loss, deviance, batch[0].shape[0])
+
+    # --- optimizer -----------------------------------------------------------------
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]  # log_scale only when trainable
+        return torch.optim.Adam(params, lr=self.plateau.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
