@@ -220,34 +220,82 @@ def infer(
 
 
 @app.command()
+def compare(
+    torch_run: Annotated[Optional[str], typer.Option(help="Torch infer run id.")] = None,
+    tf_run: Annotated[Optional[str], typer.Option(help="TensorFlow infer run id.")] = None,
+    pair_key: Annotated[Optional[str], typer.Option(help="Newest torch and tensorflow infer runs with this key.")] = None,
+    latest: Annotated[bool, typer.Option(help="Newest complete pair in the experiment.")] = False,
+    allow_mismatch: Annotated[bool, typer.Option(help="Compare runs whose pair keys differ (recorded as a tag).")] = False,
+    forward: Annotated[bool, typer.Option(help="Forward mode: same weights in both backends, per-tap errors.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Forward mode: the bundle (models:/…, runs:/… or path).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Forward mode: data for the batch (default: simulated).")] = None,
+    ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of patch statistics.")] = 0.10,
+    canvas_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas SSIM (amp and phase).")] = 0.80,
+    collapsed_fraction_max: Annotated[float, typer.Option(help="Allowed share of collapsed patches.")] = 0.25,
+    tap_tolerance: Annotated[float, typer.Option(help="Forward mode: max relative tap error.")] = 1e-4,
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+):
+    """Give a pass/fail parity verdict for a torch/tensorflow pair (exit 0 pass, 1 fail, 2 error)."""
+    with _user_errors():
+        from ptyparity.workflows import run_compare, run_compare_forward
+
+        if forward:
+            if not model:
+                raise PtyparityError("--forward needs --model (models:/ptyparity-torch/<version>, runs:/… or a path)")
+            result = run_compare_forward(model, data_path=data, tolerance=tap_tolerance, experiment=experiment,
+                                         run_name=run_name)
+        else:
+            thresholds = {"ratio_tolerance": ratio_tolerance, "canvas_amp_ssim_min": canvas_ssim_min,
+                          "canvas_phase_ssim_min": canvas_ssim_min, "collapsed_fraction_max": collapsed_fraction_max}
+            result = run_compare(torch_run_id=torch_run, tf_run_id=tf_run, pair_key=pair_key, latest=latest,
+                                 allow_mismatch=allow_mismatch, thresholds=thresholds, experiment=experiment,
+                                 run_name=run_name)
+    if result.status == "error":
+        typer.echo(f"error: {result.reason} (compare run {result.run_id})", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"parity: {result.status.upper()}"
+               + (f" (failed: {', '.join(result.failed_checks)})" if result.failed_checks else ""))
+    for c in result.checks:
+        typer.echo(f"  {'ok  ' if c.passed else 'FAIL'} {c.name:36s} {c.value:<12.5g} threshold {c.threshold:g}"
+                   + (f"  {c.detail}" if not c.passed and c.detail else ""))
+    if forward and result.reason:
+        typer.echo(f"  first divergent tap: {result.reason}")
+    typer.echo(f"  compare run: {result.run_id}")
+    _echo_links(result.run_id)
+    raise typer.Exit(code=result.exit_code)
+
+
+@app.command()
 def pipeline(
-    out_dir: Annotated[Path, typer.Option(help="Directory for the simulated data.")] = Path("data"),
-    n: Annotated[int, typer.Option("--n", "-N", help="Patch size N.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing simulated data.")] = False,
+    preset: Annotated[str, typer.Option(help="small (CPU, minutes) or full (N=64, f=2, thousands of groups: a GPU job).")] = "small",
+    out_dir: Annotated[Path, typer.Option(help="Directory of the simulated data (reused when present).")] = Path("data"),
+    seed: Annotated[int, typer.Option(help="Seed of simulation and training.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Simulate again even if the data exists.")] = False,
+    n_groups: Annotated[Optional[int], typer.Option(help="Override the preset's training groups.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
+    devices: Annotated[int, typer.Option(help="Devices per training (torch: DDP when > 1).")] = 1,
+    quiet: Annotated[bool, typer.Option(help="Hide the steps' own output.")] = False,
     experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
 ):
-    """The default pipeline on the embedded simulated dataset.
+    """The default pipeline: simulate, train both backends, infer both, compare.
 
-    Today it simulates the default dataset into the tracking store (reusing it when
-    it is already there) and says where to look; training, inference and the
-    comparison join it as the backends land.
+    Each step is a nested MLflow run under one ``pipeline`` run and runs in its own
+    process; exits 0 when the pair passes, 1 when it fails, 2 on an error.
     """
     with _user_errors():
-        from ptyparity.data import load_npz
-        from ptyparity.workflows import run_simulate
-        from ptyparity.simulate import SimConfig
+        from ptyparity.workflows import run_pipeline
 
-        train_path = out_dir / "train.npz"
-        if train_path.exists() and (out_dir / "test.npz").exists() and not overwrite:
-            raw = load_npz(train_path)
-            typer.echo(f"reusing {train_path} ({raw.n_patterns} patterns of {raw.N}x{raw.N}); "
-                       "pass --overwrite to simulate again")
-            return
-        result = run_simulate(SimConfig(N=n, seed=seed), out_dir, experiment=experiment,
-                              run_name="simulate", overwrite=overwrite)
-    typer.echo(f"simulated {out_dir}/train.npz and {out_dir}/test.npz in run {result.run_id}")
-    _echo_links(result.run_id)
+        result = run_pipeline(preset=preset, out_dir=out_dir, seed=seed, overwrite=overwrite, experiment=experiment,
+                              quiet=quiet, accelerator=accelerator, devices=devices,
+                              overrides={"n_groups": n_groups, "max_epochs": max_epochs}, echo=typer.echo)
+    typer.echo(f"verdict: {result.status.upper()}")
+    for key, run_id in result.runs.items():
+        typer.echo(f"  {key:18s} {run_id}")
+    typer.echo(f"  pipeline run       {result.run_id}")
+    _echo_links(result.runs["compare"])
+    raise typer.Exit(code=result.compare_exit_code)
 
 
 def main():

@@ -147,3 +147,100 @@ def canvas_figure(canvas, *, reference=None, title="reconstruction"):
         _panel(fig, axes[1, 1], np.angle(reference), "objectGuess phase (rad)", cmap="twilight")
     fig.tight_layout()
     return fig
+
+
+def figure_png(fig, dpi=90):
+    """PNG bytes of a figure (the figure stays open)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def parity_canvas_figure(torch_canvas, tf_canvas, torch_count, tf_count):
+    """Torch and TF stitched canvases side by side with their difference maps.
+
+    The torch canvas is aligned to TF (amplitude scale, phase offset) before the
+    difference, exactly as the parity metrics do, on the commonly covered region.
+    """
+    from ptyparity import metrics
+
+    plt = _plt()
+    region = metrics.covered_region(torch_count, tf_count)
+    a, b = torch_canvas[region], tf_canvas[region]
+    amp_a = metrics.align_amplitude(np.abs(a), np.abs(b))
+    ph_a = metrics.remove_phase_offset(np.angle(a), np.angle(b))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
+    _panel(fig, axes[0, 0], amp_a, "torch amplitude (aligned)")
+    _panel(fig, axes[0, 1], np.abs(b), "tensorflow amplitude")
+    _panel(fig, axes[0, 2], amp_a - np.abs(b), "difference torch - tf", cmap="RdBu_r")
+    _panel(fig, axes[1, 0], ph_a, "torch phase (offset removed)", cmap="twilight")
+    _panel(fig, axes[1, 1], np.angle(b), "tensorflow phase", cmap="twilight")
+    _panel(fig, axes[1, 2], metrics.wrap_phase(ph_a - np.angle(b)), "phase difference (rad)", cmap="RdBu_r")
+    fig.tight_layout()
+    return fig
+
+
+def variance_histogram_figure(variances):
+    """Histograms of per-patch amplitude variance, one per backend, log-spaced bins."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    allv = np.concatenate([np.asarray(v).ravel() for v in variances.values()])
+    lo = max(float(np.min(allv[allv > 0])) if np.any(allv > 0) else 1e-12, 1e-12)
+    hi = max(float(np.max(allv)), lo * 10)
+    bins = np.logspace(np.log10(lo), np.log10(hi), 30)
+    for name, v in variances.items():
+        ax.hist(np.maximum(np.asarray(v).ravel(), lo), bins=bins, alpha=0.6, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("per-patch amplitude variance (support)")
+    ax.set_ylabel("patches")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def parity_html(summary, pngs):
+    """A self-contained HTML report: verdict, every check, embedded figures."""
+    import base64
+    import html
+
+    status = summary["status"]
+    colour = {"pass": "#1a7f37", "fail": "#cf222e"}.get(status, "#9a6700")
+    rows = []
+    for c in summary["checks"]:
+        mark = "&#10003;" if c["pass"] else "&#10007;"
+        rows.append(f"<tr class='{'ok' if c['pass'] else 'bad'}'><td>{mark}</td><td>{html.escape(c['name'])}</td>"
+                    f"<td>{c['value']:.6g}</td><td>{c['threshold']:.6g}</td><td>{html.escape(c['detail'])}</td></tr>")
+    imgs = []
+    captions = {"canvases": "Stitched canvases and difference (TF reference)",
+                "patch_variance": "Per-patch amplitude variance",
+                "patch_grid_torch": "Torch patches (each min-max scaled)",
+                "patch_grid_tensorflow": "TensorFlow patches (each min-max scaled)"}
+    for key, data in pngs.items():
+        b64 = base64.b64encode(data).decode()
+        imgs.append(f"<figure><img src='data:image/png;base64,{b64}'/><figcaption>"
+                    f"{html.escape(captions.get(key, key))}</figcaption></figure>")
+    failed = ", ".join(summary["failed_checks"]) or "none"
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>ptyparity: {status}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #1f2328; }}
+.verdict {{ font-size: 1.6em; color: white; background: {colour}; display: inline-block; padding: .2em .6em; border-radius: 6px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #d0d7de; padding: .3em .6em; font-size: .9em; }}
+tr.bad td {{ background: #ffebe9; }}
+figure {{ display: inline-block; margin: .5em; vertical-align: top; }}
+img {{ max-width: 640px; border: 1px solid #d0d7de; }}
+</style></head><body>
+<h1>ptyparity parity report</h1>
+<p><span class="verdict" id="verdict">{status.upper()}</span></p>
+<p>Failed checks: <b id="failed">{html.escape(failed)}</b></p>
+<p>torch infer run <code>{summary['torch_run_id']}</code> (train <code>{summary['torch_train_run_id']}</code>),
+tensorflow infer run <code>{summary['tf_run_id']}</code> (train <code>{summary['tf_train_run_id']}</code>)</p>
+<table><tr><th></th><th>check</th><th>value</th><th>threshold</th><th>detail</th></tr>
+{''.join(rows)}
+</table>
+{''.join(imgs)}
+</body></html>
+"""

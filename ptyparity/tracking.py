@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 
 DEFAULT_EXPERIMENT = "ptyparity"
 TAG_PREFIX = "ptyparity."
@@ -26,6 +27,10 @@ def _mlflow():
     # Store creation and migrations log at INFO; users should see our lines only.
     for name in ("mlflow.store.db.utils", "mlflow.store.model_registry", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Two warnings MLflow raises for choices we made on purpose: a local NPZ as the
+    # dataset source, and a pyfunc whose dict-in/dict-out predict has no type hints.
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     import mlflow
 
     return mlflow
@@ -280,3 +285,73 @@ def get_run(run_id):
     except MlflowException:
         raise PtyparityError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}; check the id "
                              "and MLFLOW_TRACKING_URI") from None
+
+
+def search_runs(filters, *, experiment=DEFAULT_EXPERIMENT, max_results=1000, finished_only=False):
+    """Runs of ``experiment`` matching tag equalities, newest first.
+
+    Parameters
+    ----------
+    filters : dict
+        ``{tag: value}``; keys without a namespace get the ``ptyparity.`` prefix.
+    """
+    mlflow = _mlflow()
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    parts = []
+    for key, value in filters.items():
+        key = key if "." in key else TAG_PREFIX + key
+        parts.append(f"tags.`{key}` = '{value}'")
+    if finished_only:
+        parts.append("attributes.status = 'FINISHED'")
+    return mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(parts),
+                              order_by=["attributes.start_time DESC"], max_results=max_results,
+                              output_format="list")
+
+
+def download_artifact(run_id, path):
+    """Local path of one run artifact, or a one-line error when it is missing."""
+    mlflow = _mlflow()
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from ptyparity.errors import PtyparityError
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    except (MlflowException, OSError):
+        local = None
+    if not local or not os.path.exists(local):
+        raise PtyparityError(f"run {run_id} has no artifact {path!r}; re-run its infer step (was it logged "
+                             "with --no-debug-dump?)")
+    return local
+
+
+def tag_model_version(name, version, tags):
+    """Set tags on a registered model version."""
+    client = _mlflow().MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def set_model_alias(name, alias, version):
+    """Point ``alias`` of model ``name`` at ``version`` (moving it if it existed)."""
+    _mlflow().MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def log_text(text, artifact_file):
+    """Log a text artifact (e.g. an HTML report)."""
+    _mlflow().log_text(text, artifact_file)
+
+
+def registered_version_of_run(name, run_id):
+    """The version of registered model ``name`` created from ``run_id``, or None."""
+    client = _mlflow().MlflowClient()
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def child_runs(parent_run_id, *, experiment=DEFAULT_EXPERIMENT, **filters):
+    """Runs nested under ``parent_run_id`` matching ``ptyparity.*`` tag filters, newest first."""
+    return search_runs({"mlflow.parentRunId": parent_run_id, **filters}, experiment=experiment)

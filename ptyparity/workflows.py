@@ -346,3 +346,348 @@ def run_infer(model_uri, data_path, *, backend=None, experiment=tracking.DEFAULT
             metrics.update({f"gt.{k}_flat": v for k, v in flat.items()})
         tracking.log_metrics({k: v for k, v in metrics.items() if log_patch_stats or not k.startswith("patch.")})
         return InferResult(run_id=run.info.run_id, metrics=metrics)
+
+
+# --- parity comparison -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CompareResult:
+    run_id: str
+    status: str  # pass | fail | error
+    failed_checks: list
+    checks: list
+    reason: str = ""
+
+    @property
+    def exit_code(self):
+        return {"pass": 0, "fail": 1}.get(self.status, 2)
+
+
+def _tag(run, key):
+    return run.data.tags.get(f"ptyparity.{key}")
+
+
+def resolve_pair(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=False,
+                 experiment=tracking.DEFAULT_EXPERIMENT):
+    """Find the (torch, tensorflow) infer runs to compare.
+
+    Exactly one of: both run ids, a ``pair_key`` (newest infer run of each backend
+    with that key) or ``latest`` (the newest pair_key that has finished infer runs
+    of both backends). Found through MLflow search on tags.
+    """
+    from ptyparity.errors import PtyparityError
+
+    modes = sum([bool(torch_run_id or tf_run_id), bool(pair_key), bool(latest)])
+    if modes != 1:
+        raise PtyparityError("choose the pair one way: --torch-run ID --tf-run ID, --pair-key KEY or --latest")
+    if torch_run_id or tf_run_id:
+        if not (torch_run_id and tf_run_id):
+            raise PtyparityError("give both --torch-run and --tf-run (infer run ids)")
+        return tracking.get_run(torch_run_id), tracking.get_run(tf_run_id)
+    if pair_key:
+        found = {}
+        for backend in ("torch", "tensorflow"):
+            runs = tracking.search_runs({"kind": "infer", "backend": backend, "pair_key": pair_key},
+                                        experiment=experiment, max_results=1)
+            if not runs:
+                raise PtyparityError(f"no {backend} infer run with pair_key {pair_key!r} in experiment "
+                                     f"{experiment!r}; run 'ptyparity infer --backend {backend}' first")
+            found[backend] = runs[0]
+        return found["torch"], found["tensorflow"]
+    runs = tracking.search_runs({"kind": "infer"}, experiment=experiment, finished_only=True)
+    newest = {}
+    for run in runs:  # newest first
+        key, backend = _tag(run, "pair_key"), _tag(run, "backend")
+        slot = newest.setdefault(key, {})
+        slot.setdefault(backend, run)
+        if "torch" in slot and "tensorflow" in slot:
+            return slot["torch"], slot["tensorflow"]
+    raise PtyparityError(f"no complete torch/tensorflow pair of finished infer runs in experiment {experiment!r}; "
+                         "train and infer both backends on the same data first")
+
+
+def _refusal(torch_run, tf_run, allow_mismatch):
+    """Why this pair cannot be compared, or None."""
+    for name, run in (("torch", torch_run), ("tensorflow", tf_run)):
+        if _tag(run, "kind") != "infer":
+            return f"run {run.info.run_id} is a {_tag(run, 'kind') or 'non-ptyparity'} run, not an infer run"
+        if _tag(run, "backend") != name:
+            return f"run {run.info.run_id} is a {_tag(run, 'backend')} run but was given as the {name} run"
+        if run.info.status != "FINISHED":
+            return f"run {run.info.run_id} is {run.info.status}, not FINISHED; compare finished runs only"
+        if not _tag(run, "train_run_id"):
+            return f"run {run.info.run_id} has no ptyparity.train_run_id tag; infer from a ptyparity bundle"
+    if _tag(torch_run, "pair_key") != _tag(tf_run, "pair_key") and not allow_mismatch:
+        return (f"pair keys differ (torch {_tag(torch_run, 'pair_key')} vs tensorflow {_tag(tf_run, 'pair_key')}): "
+                "different data, config or seed; pass --allow-mismatch to compare anyway")
+    return None
+
+
+def _metrics_with_params(run):
+    values = dict(run.data.metrics)
+    if "intensity_scale" in run.data.params:
+        values["intensity_scale"] = float(run.data.params["intensity_scale"])
+    return values
+
+
+def run_compare(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=False, allow_mismatch=False,
+                thresholds=None, experiment=tracking.DEFAULT_EXPERIMENT, run_name=None):
+    """Compare a torch and a TF infer run; record the verdict (SPEC §8).
+
+    Returns
+    -------
+    result : CompareResult
+        ``status`` pass, fail or error; ``exit_code`` 0, 1 or 2.
+    """
+    import json
+
+    import numpy as np
+
+    from ptyparity import parity
+
+    thr = dict(parity.DEFAULT_THRESHOLDS)
+    thr.update(thresholds or {})
+    torch_run, tf_run = resolve_pair(torch_run_id=torch_run_id, tf_run_id=tf_run_id, pair_key=pair_key,
+                                     latest=latest, experiment=experiment)
+    ids = {"torch_run_id": torch_run.info.run_id, "tf_run_id": tf_run.info.run_id}
+    with tracking.start_run("compare", experiment=experiment, run_name=run_name,
+                            tags={"pair_key": _tag(torch_run, "pair_key") or ""}) as run:
+        tracking.log_params({f"threshold.{k}": v for k, v in thr.items()})
+        tracking.set_tags({f"parity.{k}": v for k, v in ids.items()})
+        if allow_mismatch:
+            tracking.set_tags({"parity.allow_mismatch": "true"})
+        reason = _refusal(torch_run, tf_run, allow_mismatch)
+        trains = {}
+        if reason is None:
+            try:
+                for name, r in (("torch", torch_run), ("tensorflow", tf_run)):
+                    trains[name] = tracking.get_run(_tag(r, "train_run_id"))
+                canvases = {name: np.load(tracking.download_artifact(r.info.run_id, "stitched/canvas.npz"),
+                                          allow_pickle=False)
+                            for name, r in (("torch", torch_run), ("tensorflow", tf_run))}
+            except Exception as exc:  # noqa: BLE001 - any missing piece refuses the pair
+                reason = str(exc).splitlines()[0]
+        if reason is not None:
+            tracking.set_tags({"parity.status": "error", "parity.error": reason[:5000]})
+            for r in (torch_run, tf_run):
+                tracking.set_tags({"parity.status": "error", "parity.compare_run_id": run.info.run_id},
+                                  run_id=r.info.run_id)
+            return CompareResult(run_id=run.info.run_id, status="error", failed_checks=[], checks=[], reason=reason)
+        tracking.set_tags({"parity.torch_train_run_id": trains["torch"].info.run_id,
+                           "parity.tf_train_run_id": trains["tensorflow"].info.run_id})
+
+        m_torch, m_tf = _metrics_with_params(torch_run), _metrics_with_params(tf_run)
+        checks = []
+        for name, r in (("torch", torch_run), ("tensorflow", tf_run)):
+            checks += parity.consistency_checks(name, _metrics_with_params(trains[name]), _metrics_with_params(r),
+                                                rtol=thr["consistency_rtol"])
+        checks += parity.ratio_checks(m_torch, m_tf, tolerance=thr["ratio_tolerance"])
+        checks += parity.collapse_checks(m_torch, m_tf, max_fraction=thr["collapsed_fraction_max"])
+        checks += parity.gt_skill_checks(m_torch, m_tf, margin=thr["gt_skill_margin"])
+        c_torch, c_tf = canvases["torch"], canvases["tensorflow"]
+        canvas_checks, scores, best = parity.canvas_checks(c_torch["canvas"], c_torch["count"], c_tf["canvas"],
+                                                           c_tf["count"], thresholds=thr)
+        checks += canvas_checks
+        status, failed = parity.verdict(checks)
+        tracking.log_metrics({c.name: c.value for c in checks})
+        tracking.log_metrics(scores)
+        tracking.set_tags({"parity.status": status, "parity.failed_checks": ",".join(failed) or "none",
+                           "parity.best_orientation": best})
+        summary = {"status": status, "failed_checks": failed, "checks": [c.as_dict() for c in checks],
+                   "canvas_scores": scores, "thresholds": thr, **ids,
+                   "torch_train_run_id": trains["torch"].info.run_id,
+                   "tf_train_run_id": trains["tensorflow"].info.run_id}
+        tracking.log_dict(json.loads(json.dumps(summary, default=float)), "parity/summary.json")
+        _log_parity_report(summary, torch_run, tf_run, c_torch, c_tf)
+
+        for r in (torch_run, tf_run):
+            tracking.set_tags({"parity.status": status, "parity.compare_run_id": run.info.run_id},
+                              run_id=r.info.run_id)
+            name, version = _tag(r, "model_name"), _tag(r, "model_version")
+            if name and version:
+                tracking.tag_model_version(name, version, {"parity.status": status,
+                                                           "parity.compare_run_id": run.info.run_id})
+                if status == "pass":
+                    tracking.set_model_alias(name, "parity-passed", version)
+        return CompareResult(run_id=run.info.run_id, status=status, failed_checks=failed, checks=checks)
+
+
+def _log_parity_report(summary, torch_run, tf_run, c_torch, c_tf):
+    """Figures and the self-contained ``parity/report.html``."""
+    import json
+
+    import numpy as np
+
+    from ptyparity import report
+
+    figures = {
+        "canvases": report.parity_canvas_figure(c_torch["canvas"], c_tf["canvas"], c_torch["count"], c_tf["count"]),
+    }
+    variances = {}
+    grids = {}
+    for name, r in (("torch", torch_run), ("tensorflow", tf_run)):
+        try:
+            with open(tracking.download_artifact(r.info.run_id, "debug_dump/patch_stats.json")) as fh:
+                variances[name] = np.asarray(json.load(fh)["per_patch"]["amp"]["var"]).ravel()
+            grids[name] = tracking.download_artifact(r.info.run_id, "debug_dump/patch_grid_normalised.png")
+        except Exception:  # noqa: BLE001 - a run logged without a debug dump still gets a report
+            pass
+    if variances:
+        figures["patch_variance"] = report.variance_histogram_figure(variances)
+    pngs = {}
+    for key, fig in figures.items():
+        pngs[key] = report.figure_png(fig)
+        tracking.log_figure(fig, f"parity/{key}.png")
+    for name, path in grids.items():
+        with open(path, "rb") as fh:
+            pngs[f"patch_grid_{name}"] = fh.read()
+    tracking.log_text(report.parity_html(summary, pngs), "parity/report.html")
+
+
+TAP_ORDER = ("encoder_input", "amp_patches", "phase_patches", "object_patches", "object_canvas",
+             "object_extracted", "exit_wave", "pred_intensity", "pred_amplitude", "pred_amplitude_counts")
+
+
+def run_compare_forward(model_uri, *, data_path=None, n_groups=8, tolerance=1e-4,
+                        experiment=tracking.DEFAULT_EXPERIMENT, run_name=None):
+    """Same weights in both backends, one batch, per-tap max error (SPEC §8).
+
+    Without ``data_path`` the batch comes from a freshly simulated dataset of the
+    bundle's N (seed 0). TF is the reference; the first tap in forward order whose
+    ``max|torch - tf| / max|tf|`` exceeds ``tolerance`` is named.
+
+    Returns
+    -------
+    result : CompareResult
+    """
+    import numpy as np
+
+    from ptyparity import bundle, parity
+    from ptyparity.data import load_npz
+
+    rec = bundle.load(model_uri)
+    if data_path:
+        data = load_npz(data_path)
+    else:
+        from ptyparity.simulate import SimConfig, simulate_split
+
+        data = simulate_split(SimConfig(N=rec.model_cfg.N, object_size_px=4 * rec.model_cfg.N),
+                              rng=np.random.default_rng(0), variant=0)
+    rec.check_data(data)
+    groups = rec.groups_for(data)
+    which = np.arange(min(n_groups, len(groups)))
+    with tracking.start_run("compare", experiment=experiment, run_name=run_name,
+                            tags={"parity.mode": "forward", "model_uri": model_uri}) as run:
+        tracking.log_params({"threshold.tap_rtol": tolerance, "n_groups": len(which)})
+        taps = {b: rec.taps(data, backend=b, groups=groups, which=which) for b in ("tensorflow", "torch")}
+        errors = parity.tap_errors(taps["tensorflow"], taps["torch"])
+        first = parity.first_divergent_tap(errors, tolerance, TAP_ORDER)
+        checks = [parity.Check(f"forward.{name}", errors[name], tolerance, errors[name] <= tolerance,
+                               "max|torch - tf| / max|tf|") for name in TAP_ORDER if name in errors]
+        status, failed = parity.verdict(checks)
+        tracking.log_metrics({c.name: c.value for c in checks})
+        tracking.set_tags({"parity.status": status, "parity.failed_checks": ",".join(failed) or "none",
+                           "parity.first_divergent_tap": first or "none"})
+        tracking.log_dict({"status": status, "first_divergent_tap": first, "tolerance": tolerance,
+                           "tap_errors": errors}, "parity/forward.json")
+        return CompareResult(run_id=run.info.run_id, status=status, failed_checks=failed, checks=checks,
+                             reason=first or "")
+
+
+# --- the pipeline ------------------------------------------------------------------
+
+PRESETS = {
+    # Sized to finish within minutes on 2 CPU cores.
+    "small": {"n": 32, "n_filters_scale": 1, "n_groups": 512, "max_epochs": 8, "gridsize": 2, "batch_size": 16},
+    # The realistic size: a GPU job.
+    "full": {"n": 64, "n_filters_scale": 2, "n_groups": 4096, "max_epochs": 50, "gridsize": 2, "batch_size": 16},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineResult:
+    run_id: str
+    status: str
+    runs: dict
+    compare_exit_code: int
+
+
+def _child(args, env, quiet):
+    """Run one ``python -m ptyparity`` step in its own process (one framework per process)."""
+    import subprocess
+    import sys
+
+    from ptyparity.errors import PtyparityError
+
+    cmd = [sys.executable, "-m", "ptyparity", *args]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT
+                          if quiet else None, text=True)
+    if proc.returncode not in (0, 1) or (proc.returncode == 1 and args[0] != "compare"):
+        tail = (proc.stdout or "").strip().splitlines()[-1:] if quiet else []
+        raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' failed with exit code {proc.returncode}"
+                             + (f": {tail[0]}" if tail else ""))
+    return proc.returncode
+
+
+def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, experiment=tracking.DEFAULT_EXPERIMENT,
+                 quiet=False, accelerator="cpu", devices=1, overrides=None, echo=print):
+    """simulate -> train torch -> train tensorflow -> infer both -> compare, as one
+    ``pipeline`` run whose steps are nested child runs, each in its own process.
+
+    Returns
+    -------
+    result : PipelineResult
+    """
+    from ptyparity.errors import PtyparityError
+
+    if preset not in PRESETS:
+        raise PtyparityError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    p = dict(PRESETS[preset])
+    p.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    out_dir = os.fspath(out_dir)
+    train_path, test_path = os.path.join(out_dir, "train.npz"), os.path.join(out_dir, "test.npz")
+    uri = tracking.tracking_uri()
+    tracking.init_store(experiment=experiment)  # create the store once, before any child opens it
+    with tracking.start_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}") as parent:
+        pid = parent.info.run_id
+        tracking.log_params({"preset": preset, **p, "seed": seed})
+        env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PTYPARITY_PARENT_RUN_ID=pid, OMP_WAIT_POLICY="PASSIVE",
+                   TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run` for this process only; children open their own
+        common = ["--experiment", experiment]
+        q = ["--quiet"] if quiet else []
+        if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
+            echo(f"[1/6] simulate N={p['n']} into {out_dir}")
+            _child(["simulate", "--out-dir", out_dir, "--n", str(p["n"]), "--seed", str(seed), "--overwrite",
+                    *common, "--run-name", "simulate"], env, quiet)
+        else:
+            echo(f"[1/6] reusing {train_path} and {test_path} (pass --overwrite to simulate again)")
+        runs = {}
+        for step, backend in ((2, "torch"), (3, "tensorflow")):
+            echo(f"[{step}/6] train {backend}: {p['n_groups']} groups, {p['max_epochs']} epochs")
+            _child(["train", "--backend", backend, "--train-data", train_path, "--test-data", test_path,
+                    "--n-groups", str(p["n_groups"]), "--max-epochs", str(p["max_epochs"]),
+                    "--gridsize", str(p["gridsize"]), "--batch-size", str(p["batch_size"]),
+                    "--n-filters-scale", str(p["n_filters_scale"]), "--seed", str(seed),
+                    "--accelerator", accelerator, "--devices", str(devices), *q, *common,
+                    "--run-name", f"train-{backend}"], env, quiet)
+            (train_run,) = tracking.child_runs(pid, experiment=experiment, **{"ptyparity.kind": "train",
+                                                                            "ptyparity.backend": backend})[:1]
+            runs[f"train_{backend}"] = train_run.info.run_id
+        for step, backend in ((4, "torch"), (5, "tensorflow")):
+            version = tracking.registered_version_of_run(f"ptyparity-{backend}", runs[f"train_{backend}"])
+            model_uri = f"models:/ptyparity-{backend}/{version}"
+            echo(f"[{step}/6] infer {backend} with {model_uri}")
+            _child(["infer", "--model", model_uri, "--data", test_path, *common, "--run-name", f"infer-{backend}"],
+                   env, quiet)
+            (infer_run,) = tracking.child_runs(pid, experiment=experiment, **{"ptyparity.kind": "infer",
+                                                                            "ptyparity.backend": backend})[:1]
+            runs[f"infer_{backend}"] = infer_run.info.run_id
+        echo("[6/6] compare")
+        code = _child(["compare", "--torch-run", runs["infer_torch"], "--tf-run", runs["infer_tensorflow"],
+                       *common, "--run-name", "compare"], env, quiet)
+        (compare_run,) = tracking.child_runs(pid, experiment=experiment, **{"ptyparity.kind": "compare"})[:1]
+        runs["compare"] = compare_run.info.run_id
+        status = compare_run.data.tags.get("parity.status", "error")
+        tracking.set_tags({"parity.status": status, **{f"pipeline.{k}": v for k, v in runs.items()}})
+        return PipelineResult(run_id=pid, status=status, runs=runs, compare_exit_code=code)

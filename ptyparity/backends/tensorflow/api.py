@@ -1,0 +1,344 @@
+"""The TensorFlow / Keras 3 backend API (see :func:`ptyparity.backends.load_backend`).
+
+NumPy in, NumPy out, canonical channel-last layouts at every boundary. Training
+runs a Keras custom ``train_step`` (:class:`~ptyparity.backends.tensorflow.keras_model.PtychoPINNSystem`)
+compiled once with a relaxed batch dimension, over the batches, batch order, loss
+reduction, optimizer and plateau rule that SPEC §5 fixes for both backends; it
+mirrors :mod:`ptyparity.backends.torch.api` call for call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ptyparity.backends.tensorflow import network  # noqa: E402
+from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
+from ptyparity.errors import PtyparityError  # noqa: E402
+from ptyparity.training import PlateauRule, TrainHooks, weighted_mean  # noqa: E402
+
+NAME = "tensorflow"
+
+EPOCH_KEYS = ("train_loss", "val_loss", "train_deviance", "val_deviance", "intensity_scale", "learning_rate")
+STEP_KEYS = ("train_step_loss", "train_step_deviance")
+ACCELERATORS = ("cpu", "gpu", "auto")
+
+_FORWARD_CACHE = "_ptyparity_forward_fns"  # per-model cache of compiled forward functions
+
+
+def versions():
+    """Framework versions, logged as run params."""
+    return {"tensorflow_version": tf.__version__, "keras_version": keras.__version__}
+
+
+def build(cfg, probe, weights):
+    """A Keras network holding canonical ``weights``.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+    probe : ndarray, shape (N, N), complex
+        The model probe (already scaled, masked when ``probe_mask``).
+    weights : dict of ndarray
+        Canonical weights (:func:`ptyparity.architecture.weight_shapes` names, HWIO).
+
+    Returns
+    -------
+    model : PtychoPINN
+    """
+    return network.build_model(cfg, probe, weights)
+
+
+def get_weights(model):
+    """The model's weights as the canonical dict of float32 arrays."""
+    return network.get_weights(model)
+
+
+def _signature(cfg):
+    """Input specs with a free batch dimension, so one trace serves every batch size."""
+    return [tf.TensorSpec((None, cfg.N, cfg.N, cfg.channels), tf.float32, name="scaled_diffraction"),
+            tf.TensorSpec((None, cfg.channels, 2), tf.float32, name="rel")]
+
+
+def _forward_fn(model, keep):
+    """The compiled forward pass returning the taps ``keep`` (``None``: all), cached
+    on the model; only the graph those taps need runs."""
+    cache = model.__dict__.get(_FORWARD_CACHE)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, _FORWARD_CACHE, cache)  # bypass Keras/TF attribute tracking
+    if keep not in cache:
+        def run(scaled_diffraction, rel):
+            taps = model((scaled_diffraction, rel))
+            return dict(taps) if keep is None else {name: taps[name] for name in keep}
+
+        cache[keep] = tf.function(run, input_signature=_signature(model.cfg))
+    return cache[keep]
+
+
+def _tap_names(cfg):
+    names = ["encoder_input", "amp_patches", "phase_patches", "object_patches"]
+    if cfg.object_big:
+        names.append("object_canvas")
+    return names + ["object_extracted", "exit_wave", "pred_intensity", "pred_amplitude", "pred_amplitude_counts"]
+
+
+def forward(model, scaled_diffraction, rel, keep=None):
+    """Run the network in inference mode (no gradients, no update).
+
+    Parameters
+    ----------
+    model : PtychoPINN
+    scaled_diffraction : ndarray, shape (b, N, N, C), float32
+        Measured amplitudes in count units, ``s * X``.
+    rel : ndarray, shape (b, C, 2)
+        Channel offsets ``[x, y]`` from the group centre.
+    keep : sequence of str, optional
+        Taps to return (default all).
+
+    Returns
+    -------
+    taps : dict of ndarray
+        Canonical channel-last layout; only the taps in ``keep``.
+    """
+    cfg = model.cfg
+    scaled_diffraction = np.asarray(scaled_diffraction, np.float32)
+    rel = np.asarray(rel, np.float32)
+    if scaled_diffraction.shape[1:] != (cfg.N, cfg.N, cfg.channels):
+        raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
+                             f"got {scaled_diffraction.shape}")
+    if rel.shape != (scaled_diffraction.shape[0], cfg.channels, 2):
+        raise PtyparityError(f"rel must have shape ({scaled_diffraction.shape[0]}, {cfg.channels}, 2), "
+                             f"got {rel.shape}")
+    if keep is not None:
+        keep = tuple(keep)
+        available = _tap_names(cfg)
+        missing = [name for name in keep if name not in available]
+        if missing:
+            raise ValueError(f"unknown taps {missing}; available: {', '.join(available)}")
+    taps = _forward_fn(model, keep)(tf.constant(scaled_diffraction), tf.constant(rel))
+    return {name: np.asarray(t.numpy()) for name, t in taps.items()}
+
+
+# --- training ---------------------------------------------------------------------
+
+
+class _History(TrainHooks):
+    """Records every hook call into per-epoch and per-step lists, then forwards it."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
+
+    def on_step(self, step, metrics):
+        for key in STEP_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_step(step, metrics)
+
+    def on_epoch_end(self, epoch, metrics):
+        for key in EPOCH_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_epoch_end(epoch, metrics)
+
+
+class _EpochMeter:
+    """Per-batch loss, deviance and size of one epoch, averaged by batch size."""
+
+    def __init__(self):
+        self.loss, self.deviance, self.sizes = [], [], []
+
+    def add(self, loss, deviance, size):
+        self.loss.append(float(loss))
+        self.deviance.append(float(deviance))
+        self.sizes.append(int(size))
+
+    def means(self):
+        """``(loss, deviance)`` weighted by batch size."""
+        return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
+
+
+def _strategy(accelerator, devices):
+    """The ``tf.distribute`` strategy for a Lightning-style ``accelerator``/``devices``
+    request; ``None`` means TensorFlow's default placement is already right.
+
+    ``cpu``: one CPU device (pinned with a ``OneDeviceStrategy`` only when GPUs are
+    visible). ``gpu``: ``devices`` GPUs (``-1``: all visible); a ``MirroredStrategy``
+    when more than one. ``auto``: ``gpu`` when TensorFlow sees a GPU, else ``cpu``.
+    """
+    if accelerator not in ACCELERATORS:
+        raise PtyparityError(f"accelerator must be one of {', '.join(ACCELERATORS)}; got {accelerator!r}")
+    if not isinstance(devices, int) or (devices < 1 and devices != -1):
+        raise PtyparityError(f"devices must be a positive integer or -1 (all GPUs); got {devices!r}")
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if accelerator == "auto":
+        accelerator = "gpu" if gpus else "cpu"
+    if accelerator == "cpu":
+        if devices not in (1, -1):
+            raise PtyparityError(f"the tensorflow backend trains on one CPU device; got devices={devices}")
+        return tf.distribute.OneDeviceStrategy("/cpu:0") if gpus else None
+    if not gpus:
+        raise PtyparityError("accelerator='gpu' but TensorFlow sees no GPU; use --accelerator cpu or auto")
+    n = len(gpus) if devices == -1 else devices
+    if n > len(gpus):
+        raise PtyparityError(f"devices={n} but TensorFlow sees only {len(gpus)} GPU(s)")
+    if n == 1:
+        return None  # TensorFlow places everything on the first GPU by default
+    return tf.distribute.MirroredStrategy(devices=gpus[:n])
+
+
+class _Runner:
+    """Compiled train and validation steps of a system, on one device or replicated.
+
+    Each step takes NumPy ``(scaled_diffraction, rel)``; the functions are traced once
+    (free batch dimension). Under a multi-replica strategy every replica takes its
+    contiguous share of the batch rows and the values are summed back, weighted by
+    the share, so they equal the single-device batch means.
+    """
+
+    def __init__(self, system, strategy):
+        self.system = system
+        self.strategy = strategy
+        signature = _signature(system.net.cfg)
+        self.train = tf.function(self._distributed(system.train_step), input_signature=signature)
+        self.test = tf.function(self._distributed(system.test_step), input_signature=signature)
+
+    def _distributed(self, step):
+        strategy = self.strategy
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            return lambda scaled, rel: step((scaled, rel))
+
+        def replicated(scaled, rel):
+            def replica_step(scaled, rel):
+                ctx = tf.distribute.get_replica_context()
+                b = tf.shape(scaled)[0]
+                lo = ctx.replica_id_in_sync_group * b // ctx.num_replicas_in_sync
+                hi = (ctx.replica_id_in_sync_group + 1) * b // ctx.num_replicas_in_sync
+                share = tf.cast(hi - lo, tf.float32) / tf.cast(b, tf.float32)
+                return step((scaled[lo:hi], rel[lo:hi], share))
+
+            out = strategy.run(replica_step, args=(scaled, rel))
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
+
+        return replicated
+
+    def __call__(self, fn, scaled, rel):
+        out = fn(tf.constant(scaled), tf.constant(rel))
+        return float(out["loss"]), float(out["deviance"])
+
+
+def _progress_bar(quiet, epoch, max_epochs, steps):
+    if quiet:
+        return None
+    print(f"Epoch {epoch + 1}/{max_epochs}", file=sys.stdout, flush=True)
+    return keras.utils.Progbar(steps, stateful_metrics=("loss", "deviance", "val_loss", "val_deviance"))
+
+
+def _run_epochs(system, runner, training_set, recorder, quiet):
+    """The epoch loop of SPEC §5: train batches in the fixed order, validate, step
+    the plateau rule, report."""
+    cfg = training_set.cfg
+    net = system.net
+    plateau = PlateauRule(cfg.learning_rate)
+    val_batches = training_set.val_batches()
+    step = 0
+    for epoch in range(cfg.max_epochs):
+        lr = plateau.lr  # the rate of this epoch, as a Python float (the variable is float32)
+        system.optimizer.learning_rate.assign(lr)
+        batches = training_set.epoch_batches(epoch)
+        bar = _progress_bar(quiet, epoch, cfg.max_epochs, len(batches))
+        train = _EpochMeter()
+        for i, which in enumerate(batches):
+            scaled, rel = training_set.batch(which)
+            loss, deviance = runner(runner.train, scaled, rel)  # pre-update values
+            train.add(loss, deviance, len(which))
+            recorder.on_step(step, {"train_step_loss": loss, "train_step_deviance": deviance})
+            step += 1
+            if bar is not None and i + 1 < len(batches):  # the last update comes with the val values
+                bar.update(i + 1, list(zip(("loss", "deviance"), train.means())), finalize=False)
+        train_loss, train_deviance = train.means()
+        if val_batches:
+            val = _EpochMeter()
+            for which in val_batches:
+                val.add(*runner(runner.test, *training_set.batch(which)), len(which))
+            val_loss, val_deviance = val.means()
+        else:  # without validation batches the train values steer
+            val_loss, val_deviance = train_loss, train_deviance
+        if bar is not None:
+            bar.update(len(batches), [("loss", train_loss), ("deviance", train_deviance),
+                                      ("val_loss", val_loss), ("val_deviance", val_deviance)], finalize=True)
+        metrics = {
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "train_deviance": train_deviance,
+            "val_deviance": val_deviance,
+            "intensity_scale": math.exp(float(keras.ops.convert_to_numpy(net.log_scale))),
+            "learning_rate": lr,
+        }
+        plateau.step(val_deviance)
+        recorder.on_epoch_end(epoch, metrics)
+
+
+def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False):
+    """Train ``model`` in place with a Keras custom train step (SPEC §5).
+
+    Batches are ``training_set.epoch_batches(epoch)`` for epoch ``0 … max_epochs-1``,
+    in that order; validation runs over ``training_set.val_batches()`` after every
+    epoch; the plateau rule sets the next epoch's rate from the validation deviance.
+
+    Parameters
+    ----------
+    model : PtychoPINN
+        Built for ``training_set.cfg.model``; its weights are updated in place.
+    training_set : TrainingSet
+    hooks : TrainHooks, optional
+        Receives ``on_step`` / ``on_epoch_end`` as documented there.
+    quiet : bool
+        No progress bar.
+    accelerator : {"cpu", "gpu", "auto"}
+    devices : int
+        GPUs to use (``-1``: all visible); more than one trains under a
+        ``tf.distribute.MirroredStrategy`` on a replica of ``model`` whose weights
+        are copied back afterwards. The CPU path is one device.
+    deterministic : bool
+        ``tf.config.experimental.enable_op_determinism()`` and
+        ``keras.utils.set_random_seed(cfg.seed)``. Both are process-global and stay
+        on after ``fit`` returns (TensorFlow offers no way to turn op determinism
+        off); ``set_random_seed`` also reseeds Python's ``random`` and NumPy's global
+        RNG (nothing in ptyparity draws from them).
+
+    Returns
+    -------
+    history : dict of list of float
+        Per epoch: ``train_loss``, ``val_loss``, ``train_deviance``, ``val_deviance``,
+        ``intensity_scale``, ``learning_rate``; per step: ``train_step_loss``,
+        ``train_step_deviance``.
+    """
+    cfg = training_set.cfg
+    if model.cfg != cfg.model:
+        raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
+    strategy = _strategy(accelerator, devices)
+    recorder = _History(hooks if hooks is not None else TrainHooks())
+    # Training draws no random numbers (weights and batch order come from NumPy);
+    # seeding only pins down anything a future layer might draw.
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(cfg.seed)
+    else:
+        tf.random.set_seed(cfg.seed)
+    if strategy is None:
+        system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
+        _run_epochs(system, _Runner(system, None), training_set, recorder, quiet)
+    else:  # variables must be created under the strategy: train a replica, copy back
+        with strategy.scope():
+            replica = network.build_model(model.cfg, model.probe, network.get_weights(model))
+            system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
+        _run_epochs(system, _Runner(system, strategy), training_set, recorder, quiet)
+        network.set_weights(model, network.get_weights(replica))
+    return recorder.history

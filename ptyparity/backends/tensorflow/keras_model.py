@@ -1,0 +1,156 @@
+"""The training system around the Keras PtychoPINN network (SPEC §5).
+
+A thin :class:`keras.Model` with Keras' custom ``train_step`` / ``test_step``: it
+wraps the network from :mod:`ptyparity.backends.tensorflow.network`, computes one
+loss in a shared :meth:`PtychoPINNSystem.model_step` and owns one Adam optimizer
+(:class:`SpecAdam`, whose epsilon sits where torch's does).
+The epoch loop, the plateau rule and the hooks live in
+:func:`ptyparity.backends.tensorflow.api.fit`; the physics stays in ``ops`` and
+``network``. This mirrors the torch backend's ``PtychoPINNModule``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ptyparity.backends.tensorflow import ops  # noqa: E402
+from ptyparity.config import LOSS_MODES  # noqa: E402
+
+__all__ = ["ADAM_BETAS", "ADAM_EPS", "SpecAdam", "PtychoPINNSystem", "make_optimizer"]
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-7  # added to sqrt(v_hat), as torch does (see SpecAdam)
+
+
+class SpecAdam(keras.optimizers.Adam):
+    """Keras 3 Adam with ``epsilon`` added to the bias-corrected ``sqrt(v_hat)``.
+
+    Keras' own :class:`keras.optimizers.Adam` folds the bias corrections into the
+    step size and adds ``epsilon`` to the *uncorrected* ``sqrt(v)``, so its effective
+    epsilon is ``eps / sqrt(1 - beta_2**t)`` (31.6 eps at step 1, still 2.3 eps at step
+    100). :class:`torch.optim.Adam` and Kingma & Ba's Algorithm 1 add ``eps`` to
+    ``sqrt(v_hat)``. SPEC §5 fixes one Adam for both backends, so this class
+    computes, per variable and with ``t`` the 1-based step,
+
+    ``m <- m + (1 - beta_1) (g - m)``, ``v <- beta_2 v + (1 - beta_2) g g``,
+    ``theta <- theta - (lr / (1 - beta_1**t)) m / (sqrt(v) / sqrt(1 - beta_2**t) + eps)``
+
+    in torch's operation order, bias corrections in float64. The
+    measured effect is in ``tests/backends/test_training_parity.py``.
+
+    References
+    ----------
+    D. P. Kingma and J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
+    arXiv:1412.6980.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         amsgrad=False, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = keras.ops.cast(gradient, dtype)
+        t = keras.ops.cast(self.iterations + 1, "float64")
+        bias1 = 1.0 - keras.ops.power(keras.ops.cast(self.beta_1, "float64"), t)
+        bias2 = 1.0 - keras.ops.power(keras.ops.cast(self.beta_2, "float64"), t)
+        step_size = keras.ops.cast(keras.ops.cast(learning_rate, "float64") / bias1, dtype)
+        bias2_sqrt = keras.ops.cast(keras.ops.sqrt(bias2), dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))  # torch: m.lerp_(g, 1 - beta_1)
+        self.assign(v, v * self.beta_2 + (1 - self.beta_2) * gradient * gradient)
+        denom = keras.ops.sqrt(v) / bias2_sqrt + self.epsilon
+        self.assign_sub(variable, step_size * m / denom)
+
+
+def make_optimizer(learning_rate):
+    """The Adam of SPEC §5: lr from the config, betas 0.9/0.999, eps 1e-7 added to
+    ``sqrt(v_hat)`` as in torch (:class:`SpecAdam`)."""
+    return SpecAdam(learning_rate=learning_rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
+
+
+class PtychoPINNSystem(keras.Model):
+    """Loss and optimizer around a PtychoPINN network.
+
+    Parameters
+    ----------
+    net : PtychoPINN
+        The Keras network; trained in place (its variables are this model's).
+    loss_mode : {"poisson", "mae"}
+        What is optimised. The Poisson deviance is computed in both modes and
+        reported, never optimised in ``mae`` mode.
+    learning_rate : float
+        Initial Adam rate.
+
+    Notes
+    -----
+    ``train_step`` and ``test_step`` take ``(scaled_diffraction, rel)`` or
+    ``(scaled_diffraction, rel, share)``; ``share`` is this replica's fraction of the
+    global batch under a multi-device strategy, so that the all-reduced (summed)
+    gradients and reported values are those of the global batch mean.
+    """
+
+    def __init__(self, net, *, loss_mode: str, learning_rate: float):
+        super().__init__(name="ptychopinn_system")
+        if loss_mode not in LOSS_MODES:
+            raise ValueError(f"loss_mode must be one of {', '.join(LOSS_MODES)}; got {loss_mode!r}")
+        self.net = net
+        self.loss_mode = loss_mode
+        self.compile(optimizer=make_optimizer(learning_rate), jit_compile=False)
+        self.optimizer.build(self.net.trainable_variables)  # slots now, not inside the first trace
+
+    def call(self, inputs):
+        return self.net(inputs)
+
+    def model_step(self, batch):
+        """Loss (differentiable) and Poisson deviance of one batch.
+
+        Parameters
+        ----------
+        batch : (Tensor, Tensor)
+            ``scaled_diffraction`` (b, N, N, C) in count units and ``rel`` (b, C, 2).
+
+        Returns
+        -------
+        loss, deviance : Tensor, shape ()
+            Means over all elements (SPEC §3); ``deviance`` carries no gradient.
+        """
+        scaled, rel = batch
+        taps = self.net((scaled, rel))
+        log_scale = self.net.log_scale
+        if self.loss_mode == "poisson":
+            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
+        else:
+            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
+        deviance = tf.stop_gradient(ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale))
+        return loss, deviance
+
+    @staticmethod
+    def _weighted(value, share):
+        """``value * share`` (0 for an empty replica, whose mean is NaN)."""
+        if share is None:
+            return value
+        return tf.where(share > 0, value * share, tf.zeros_like(value))
+
+    def train_step(self, data):
+        """One optimiser step; returns the batch's *pre-update* ``loss`` and ``deviance``."""
+        scaled, rel, share = data if len(data) == 3 else (*data, None)
+        variables = self.net.trainable_variables  # log_scale only when intensity_scale_trainable
+        with tf.GradientTape() as tape:
+            loss, deviance = self.model_step((scaled, rel))
+            objective = self._weighted(loss, share)
+        grads = tape.gradient(objective, variables)
+        self.optimizer.apply(grads, variables)
+        return {"loss": objective, "deviance": self._weighted(deviance, share)}
+
+    def test_step(self, data):
+        """``loss`` and ``deviance`` of one batch, no update."""
+        scaled, rel, share = data if len(data) == 3 else (*data, None)
+        loss, deviance = self.model_step((scaled, rel))
+        return {"loss": self._weighted(loss, share), "deviance": self._weighted(deviance, share)}
