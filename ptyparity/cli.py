@@ -191,7 +191,7 @@ def train(
 def infer(
     model: Annotated[str, typer.Option(help="models:/ptyparity-<backend>/<version|@alias>, runs:/<id>/model or a bundle dir.")],
     data: Annotated[Path, typer.Option(help="Raw NPZ to reconstruct.")],
-    backend: Annotated[Optional[str], typer.Option(help="Run on this backend instead of the bundle's own.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Run on this backend instead of the bundle's own (auto: the bundle's).")] = None,
     patch_stats_limit: Annotated[Optional[int], typer.Option(help="Groups in the statistics and debug dump.")] = None,
     debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = True,
     measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = "auto",
@@ -203,6 +203,8 @@ def infer(
         from ptyparity.config import BACKENDS
         from ptyparity.workflows import run_infer
 
+        if backend in ("", "auto"):
+            backend = None
         if backend is not None and backend not in BACKENDS:
             raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         result = run_infer(model, data, backend=backend, experiment=experiment, run_name=run_name,

@@ -371,13 +371,17 @@ def resolve_pair(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=Fal
                  experiment=tracking.DEFAULT_EXPERIMENT):
     """Find the (torch, tensorflow) infer runs to compare.
 
-    Exactly one of: both run ids, a ``pair_key`` (newest infer run of each backend
+    At most one of: both run ids, a ``pair_key`` (newest infer run of each backend
     with that key) or ``latest`` (the newest pair_key that has finished infer runs
-    of both backends). Found through MLflow search on tags.
+    of both backends; also what an empty choice means). Found through MLflow search
+    on tags.
     """
     from ptyparity.errors import PtyparityError
 
     modes = sum([bool(torch_run_id or tf_run_id), bool(pair_key), bool(latest)])
+    if modes == 0:
+        latest = True  # nothing chosen: the newest complete pair
+        modes = 1
     if modes != 1:
         raise PtyparityError("choose the pair one way: --torch-run ID --tf-run ID, --pair-key KEY or --latest")
     if torch_run_id or tf_run_id:

@@ -9,8 +9,10 @@ mirrors :mod:`ptyparity.backends.torch.api` call for call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -18,6 +20,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op-determinism state)
 
 from ptyparity.backends.tensorflow import network  # noqa: E402
 from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
@@ -197,9 +201,10 @@ class _Runner:
     """Compiled train and validation steps of a system, on one device or replicated.
 
     Each step takes NumPy ``(scaled_diffraction, rel)``; the functions are traced once
-    (free batch dimension). Under a multi-replica strategy every replica takes its
-    contiguous share of the batch rows and the values are summed back, weighted by
-    the share, so they equal the single-device batch means.
+    (free batch dimension). Under a strategy every replica takes its contiguous share
+    of the batch rows and the values (and, through the optimizer's all-reduce, the
+    gradients) are summed back weighted by the share, so they equal the
+    single-device batch means.
     """
 
     def __init__(self, system, strategy):
@@ -211,8 +216,9 @@ class _Runner:
 
     def _distributed(self, step):
         strategy = self.strategy
-        if strategy is None or strategy.num_replicas_in_sync == 1:
+        if strategy is None:
             return lambda scaled, rel: step((scaled, rel))
+        # One replica (a CPU pinned by OneDeviceStrategy) gets share 1, an exact no-op.
 
         def replicated(scaled, rel):
             def replica_step(scaled, rel):
@@ -221,7 +227,11 @@ class _Runner:
                 lo = ctx.replica_id_in_sync_group * b // ctx.num_replicas_in_sync
                 hi = (ctx.replica_id_in_sync_group + 1) * b // ctx.num_replicas_in_sync
                 share = tf.cast(hi - lo, tf.float32) / tf.cast(b, tf.float32)
-                return step((scaled[lo:hi], rel[lo:hi], share))
+                # A replica left without rows (batch < replicas) runs one row with share 0:
+                # TF's convolutions reject empty batches, and it must still join the all-reduce.
+                start = tf.minimum(lo, b - 1)
+                stop = start + tf.maximum(hi - lo, 1)
+                return step((scaled[start:stop], rel[start:stop], share))
 
             out = strategy.run(replica_step, args=(scaled, rel))
             return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
@@ -231,6 +241,36 @@ class _Runner:
     def __call__(self, fn, scaled, rel):
         out = fn(tf.constant(scaled), tf.constant(rel))
         return float(out["loss"]), float(out["deviance"])
+
+
+@contextlib.contextmanager
+def _seeded(seed, deterministic):
+    """Seed TensorFlow (always, as the torch backend seeds torch) and, when
+    ``deterministic``, Keras' global seed and TF op determinism for the duration.
+
+    ``keras.utils.set_random_seed`` also reseeds Python's ``random`` and NumPy's
+    global RNG; both are put back at once, so the global NumPy and ``random`` states
+    are left alone as in the torch backend. Op determinism is switched back off
+    afterwards when it was off before (TF exports no switch-off, so this uses
+    ``tensorflow.python.framework.config.disable_op_determinism``; where that is
+    missing it stays on). The TF and Keras seeds stay set: they are process-global.
+    """
+    tf.random.set_seed(seed)
+    if not deterministic:
+        yield
+        return
+    was_on = _tf_config.is_op_determinism_enabled()
+    py_state, np_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        disable = getattr(_tf_config, "disable_op_determinism", None)
+        if not was_on and disable is not None:
+            disable()
 
 
 def _progress_bar(quiet, epoch, max_epochs, steps):
@@ -308,10 +348,11 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         are copied back afterwards. The CPU path is one device.
     deterministic : bool
         ``tf.config.experimental.enable_op_determinism()`` and
-        ``keras.utils.set_random_seed(cfg.seed)``. Both are process-global and stay
-        on after ``fit`` returns (TensorFlow offers no way to turn op determinism
-        off); ``set_random_seed`` also reseeds Python's ``random`` and NumPy's global
-        RNG (nothing in ptyparity draws from them).
+        ``keras.utils.set_random_seed(cfg.seed)`` for this fit. Op determinism is a
+        process-wide switch: while ``fit`` runs it applies to every TF op in the
+        process, and it is switched back off afterwards if it was off before. The TF
+        and Keras global seeds stay set; Python's ``random`` and NumPy's global RNG
+        are restored (see :func:`_seeded`).
 
     Returns
     -------
@@ -327,18 +368,14 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     recorder = _History(hooks if hooks is not None else TrainHooks())
     # Training draws no random numbers (weights and batch order come from NumPy);
     # seeding only pins down anything a future layer might draw.
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(cfg.seed)
-    else:
-        tf.random.set_seed(cfg.seed)
-    if strategy is None:
-        system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-        _run_epochs(system, _Runner(system, None), training_set, recorder, quiet)
-    else:  # variables must be created under the strategy: train a replica, copy back
-        with strategy.scope():
-            replica = network.build_model(model.cfg, model.probe, network.get_weights(model))
-            system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-        _run_epochs(system, _Runner(system, strategy), training_set, recorder, quiet)
-        network.set_weights(model, network.get_weights(replica))
+    with _seeded(cfg.seed, deterministic):
+        if strategy is None:
+            system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
+            _run_epochs(system, _Runner(system, None), training_set, recorder, quiet)
+        else:  # variables must be created under the strategy: train a replica, copy back
+            with strategy.scope():
+                replica = network.build_model(model.cfg, model.probe, network.get_weights(model))
+                system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
+            _run_epochs(system, _Runner(system, strategy), training_set, recorder, quiet)
+            network.set_weights(model, network.get_weights(replica))
     return recorder.history
