@@ -231,8 +231,10 @@ def compare(
     forward: Annotated[bool, typer.Option(help="Forward mode: same weights in both backends, per-tap errors.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Forward mode: the bundle (models:/…, runs:/… or path).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Forward mode: data for the batch (default: simulated).")] = None,
-    ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of patch statistics.")] = 0.10,
-    canvas_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas SSIM (amp and phase).")] = 0.80,
+    ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of the scale factors and patch mean.")] = 0.10,
+    var_ratio_max_factor: Annotated[float, typer.Option(help="torch/tf var_zero_mean must lie in [1/F, F].")] = 1.5,
+    canvas_amp_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas amplitude SSIM.")] = 0.75,
+    canvas_phase_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas phase SSIM.")] = 0.65,
     collapsed_fraction_max: Annotated[float, typer.Option(help="Allowed share of collapsed patches.")] = 0.25,
     tap_tolerance: Annotated[float, typer.Option(help="Forward mode: max relative tap error.")] = 1e-4,
     experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
@@ -248,8 +250,9 @@ def compare(
             result = run_compare_forward(model, data_path=data, tolerance=tap_tolerance, experiment=experiment,
                                          run_name=run_name)
         else:
-            thresholds = {"ratio_tolerance": ratio_tolerance, "canvas_amp_ssim_min": canvas_ssim_min,
-                          "canvas_phase_ssim_min": canvas_ssim_min, "collapsed_fraction_max": collapsed_fraction_max}
+            thresholds = {"ratio_tolerance": ratio_tolerance, "var_ratio_max_factor": var_ratio_max_factor,
+                          "canvas_amp_ssim_min": canvas_amp_ssim_min, "canvas_phase_ssim_min": canvas_phase_ssim_min,
+                          "collapsed_fraction_max": collapsed_fraction_max}
             result = run_compare(torch_run_id=torch_run, tf_run_id=tf_run, pair_key=pair_key, latest=latest,
                                  allow_mismatch=allow_mismatch, thresholds=thresholds, experiment=experiment,
                                  run_name=run_name)

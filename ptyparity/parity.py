@@ -20,13 +20,18 @@ from ptyparity import metrics as canvas_metrics
 DEFAULT_THRESHOLDS = {
     # train vs infer of one backend: the same scalars must come back (float32 rounding only).
     "consistency_rtol": 1e-6,
-    # torch/tf ratios of patch statistics and scale factors.
+    # torch/tf ratios of the scale factors and the patch mean: |ratio - 1| <= 10%.
     "ratio_tolerance": 0.10,
+    # torch/tf ratio of var_zero_mean within [1/f, f]: two trainings of ONE backend with
+    # different seeds differ by up to x1.30 (scripts/calibrate_thresholds.py), so +-10%
+    # would fail valid pairs; the bugs it guards against move it by orders of magnitude.
+    "var_ratio_max_factor": 1.5,
     # share of collapsed (near-constant) amplitude patches allowed in either backend.
     "collapsed_fraction_max": 0.25,
     # TF-vs-Torch stitched canvas agreement (TF as reference).
-    "canvas_amp_ssim_min": 0.80,
-    "canvas_phase_ssim_min": 0.80,
+    # (same-backend seed-to-seed minimum measured 0.83 amplitude, 0.73 phase)
+    "canvas_amp_ssim_min": 0.75,
+    "canvas_phase_ssim_min": 0.65,
     # each backend's ground-truth SSIM must beat the flat guess by this much.
     "gt_skill_margin": 0.0,
     # another orientation of the torch canvas must not match TF better than this.
@@ -98,8 +103,13 @@ def consistency_checks(backend, train, infer, *, rtol):
     return checks
 
 
-def ratio_checks(torch_metrics, tf_metrics, *, tolerance):
-    """``torch / tf`` of patch statistics and scale factors within ``1 +- tolerance``."""
+def ratio_checks(torch_metrics, tf_metrics, *, tolerance, var_factor=None):
+    """``torch / tf`` of patch statistics and scale factors.
+
+    Each ratio must lie within ``1 +- tolerance``; ``var_zero_mean``, when
+    ``var_factor`` is given, within ``[1/var_factor, var_factor]`` instead (its
+    valid spread is larger, see ``DEFAULT_THRESHOLDS``).
+    """
     checks = []
     for name, key in RATIO_METRICS.items():
         a, b = torch_metrics.get(key), tf_metrics.get(key)
@@ -107,8 +117,13 @@ def ratio_checks(torch_metrics, tf_metrics, *, tolerance):
             checks.append(Check(f"ratio.{name}", math.nan, tolerance, False, f"{key} missing"))
             continue
         ratio = float(a) / float(b) if float(b) != 0 else math.inf
+        detail = f"torch {float(a):.4g} / tf {float(b):.4g}"
+        if name == "var_zero_mean" and var_factor is not None:
+            ok = 1.0 / var_factor <= ratio <= var_factor
+            checks.append(Check(f"ratio.{name}", ratio, var_factor, ok, detail + f" (allowed x1/{var_factor:g}..x{var_factor:g})"))
+            continue
         ok = abs(ratio - 1.0) <= tolerance
-        checks.append(Check(f"ratio.{name}", ratio, tolerance, ok, f"torch {float(a):.4g} / tf {float(b):.4g}"))
+        checks.append(Check(f"ratio.{name}", ratio, tolerance, ok, detail))
     return checks
 
 

@@ -485,7 +485,8 @@ def run_compare(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=Fals
         for name, r in (("torch", torch_run), ("tensorflow", tf_run)):
             checks += parity.consistency_checks(name, _metrics_with_params(trains[name]), _metrics_with_params(r),
                                                 rtol=thr["consistency_rtol"])
-        checks += parity.ratio_checks(m_torch, m_tf, tolerance=thr["ratio_tolerance"])
+        checks += parity.ratio_checks(m_torch, m_tf, tolerance=thr["ratio_tolerance"],
+                                      var_factor=thr["var_ratio_max_factor"])
         checks += parity.collapse_checks(m_torch, m_tf, max_fraction=thr["collapsed_fraction_max"])
         checks += parity.gt_skill_checks(m_torch, m_tf, margin=thr["gt_skill_margin"])
         c_torch, c_tf = canvases["torch"], canvases["tensorflow"]
