@@ -105,8 +105,14 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
         all_tags[key if "." in key else TAG_PREFIX + key] = str(value)
     if parent_run_id is None:
         parent_run_id = os.environ.get("PTYPARITY_PARENT_RUN_ID") or None
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested or bool(parent_run_id),
-                           parent_run_id=parent_run_id, tags=all_tags)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run and mlflow.active_run() is None:
+        # Started by `mlflow run`: record into the run it created for this entry point.
+        run = mlflow.start_run(run_id=project_run)
+        mlflow.set_tags(all_tags)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                               nested=nested or bool(parent_run_id), parent_run_id=parent_run_id, tags=all_tags)
     try:
         yield run
     except KeyboardInterrupt:
@@ -355,3 +361,8 @@ def registered_version_of_run(name, run_id):
 def child_runs(parent_run_id, *, experiment=DEFAULT_EXPERIMENT, **filters):
     """Runs nested under ``parent_run_id`` matching ``ptyparity.*`` tag filters, newest first."""
     return search_runs({"mlflow.parentRunId": parent_run_id, **filters}, experiment=experiment)
+
+
+def experiment_name(run):
+    """Name of the experiment a run belongs to."""
+    return _mlflow().get_experiment(run.info.experiment_id).name

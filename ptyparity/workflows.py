@@ -648,14 +648,17 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
     if preset not in PRESETS:
         raise PtyparityError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     p = dict(PRESETS[preset])
-    p.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    p.update({k: v for k, v in (overrides or {}).items() if v})  # None or 0: keep the preset's
     out_dir = os.fspath(out_dir)
     train_path, test_path = os.path.join(out_dir, "train.npz"), os.path.join(out_dir, "test.npz")
     uri = tracking.tracking_uri()
     tracking.init_store(experiment=experiment)  # create the store once, before any child opens it
     with tracking.start_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}") as parent:
         pid = parent.info.run_id
-        tracking.log_params({"preset": preset, **p, "seed": seed})
+        experiment = tracking.experiment_name(parent)  # `mlflow run` may have chosen it
+        # Resolved sizes under their own names: `mlflow run` logs the entry point's raw
+        # parameters (n_groups=0 meaning "the preset's") on this same run.
+        tracking.log_params({"preset": preset, "seed": seed, **{f"resolved.{k}": v for k, v in p.items()}})
         env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PTYPARITY_PARENT_RUN_ID=pid, OMP_WAIT_POLICY="PASSIVE",
                    TF_CPP_MIN_LOG_LEVEL="2")
         env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run` for this process only; children open their own

@@ -44,7 +44,11 @@ def rng():
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch):
     """A fresh sqlite MLflow store for one test, set as the tracking URI."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    return uri
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
