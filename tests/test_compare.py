@@ -221,3 +221,35 @@ def test_latest_finds_the_pair_among_200_runs(store, capsys):
     assert (a.info.run_name, b.info.run_name) == ("real-torch", "real-tensorflow")
     with capsys.disabled():
         print(f"\n[compare --latest] found the pair among 202 runs in {seconds:.3f} s")
+
+
+def test_init_from_one_bundle_gives_matching_early_steps(store):
+    # Both backends start from the same canonical weights (the torch bundle), same seed,
+    # same batches, deterministic: the per-step deviances start out equal.
+    root, _ = store
+    histories = {}
+    for backend in ("torch", "tensorflow"):
+        invoke("train", "--backend", backend, "--train-data", root / "train.npz", "--init-from",
+               "models:/ptyparity-torch/1", "--n-groups", "96", "--max-epochs", "1", "--n-filters-scale", "1",
+               "--deterministic", "--no-register", "--no-debug-dump", "--quiet", "--run-name", f"init-{backend}")
+        run = run_named(f"init-{backend}")
+        assert run.data.tags["ptyparity.init_from"] == "models:/ptyparity-torch/1"
+        histories[backend] = np.array([m.value for m in mlflow.MlflowClient().get_metric_history(
+            run.info.run_id, "train_step_deviance")])
+    t, f = histories["torch"], histories["tensorflow"]
+    assert len(t) == len(f) == 6
+    rel = np.abs(t - f) / np.abs(f)
+    assert rel[0] <= 1e-5 and rel[:3].max() <= 1e-3, rel
+
+
+def test_tf_trainable_scale_is_learned_and_persisted(store):
+    root, _ = store
+    invoke("train", "--backend", "tensorflow", "--train-data", root / "train.npz", "--n-groups", "96",
+           "--max-epochs", "1", "--n-filters-scale", "1", "--intensity-scale-trainable", "--no-debug-dump",
+           "--no-register", "--quiet", "--run-name", "tf-trainable")
+    run = run_named("tf-trainable")
+    rec = bundle.load(f"runs:/{run.info.run_id}/model")
+    assert rec.scales.intensity_scale != pytest.approx(rec.scales.data_scale, rel=1e-6)  # it moved
+    assert rec.scales.intensity_scale == pytest.approx(float(run.data.params["intensity_scale"]), rel=1e-7)
+    history = [m.value for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "intensity_scale")]
+    assert history[-1] == pytest.approx(rec.scales.intensity_scale, rel=1e-6)
