@@ -156,7 +156,7 @@ def test_ui_compare_view_renders_the_pair(pipeline, browser):
     client = mlflow.MlflowClient(tracking_uri=url)
     exp = client.get_run(ids["compare"]).info.experiment_id
     runs = [ids["infer_torch"], ids["infer_tensorflow"], ids["compare"]]
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
     page.goto(f"{url}/#/compare-runs?runs={json.dumps(runs)}&experiments={json.dumps([exp])}".replace(" ", ""))
     page.get_by_text("Comparing 3 Runs").wait_for(timeout=60000)
     os.makedirs(ARTIFACT_DIR, exist_ok=True)
