@@ -240,3 +240,44 @@ def weighted_mean(values, weights):
     values = np.asarray(values, np.float64)
     weights = np.asarray(weights, np.float64)
     return float(np.sum(values * weights) / np.sum(weights)) if len(values) else float("nan")
+
+
+EPOCH_KEYS = ("train_loss", "val_loss", "train_deviance", "val_deviance", "intensity_scale", "learning_rate")
+STEP_KEYS = ("train_step_loss", "train_step_deviance")
+
+
+class EpochMeter:
+    """Per-batch loss, deviance and size of one epoch, averaged by batch size."""
+
+    def __init__(self):
+        self.loss, self.deviance, self.sizes = [], [], []
+
+    def add(self, loss, deviance, size):
+        self.loss.append(float(loss))
+        self.deviance.append(float(deviance))
+        self.sizes.append(int(size))
+
+    def means(self):
+        """``(loss, deviance)`` weighted by batch size."""
+        return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
+
+
+class HistoryHooks(TrainHooks):
+    """Records every hook call into per-epoch and per-step lists, then forwards it.
+
+    ``history`` is what a backend's ``fit`` returns.
+    """
+
+    def __init__(self, hooks=None):
+        self.hooks = hooks if hooks is not None else TrainHooks()
+        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
+
+    def on_step(self, step, metrics):
+        for key in STEP_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_step(step, metrics)
+
+    def on_epoch_end(self, epoch, metrics):
+        for key in EPOCH_KEYS:
+            self.history[key].append(metrics[key])
+        self.hooks.on_epoch_end(epoch, metrics)

@@ -26,12 +26,10 @@ from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op-
 from ptyparity.backends.tensorflow import network  # noqa: E402
 from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
 from ptyparity.errors import PtyparityError  # noqa: E402
-from ptyparity.training import PlateauRule, TrainHooks, weighted_mean  # noqa: E402
+from ptyparity.training import EpochMeter, HistoryHooks, PlateauRule, TrainHooks  # noqa: E402
 
 NAME = "tensorflow"
 
-EPOCH_KEYS = ("train_loss", "val_loss", "train_deviance", "val_deviance", "intensity_scale", "learning_rate")
-STEP_KEYS = ("train_step_loss", "train_step_deviance")
 ACCELERATORS = ("cpu", "gpu", "auto")
 
 _FORWARD_CACHE = "_ptyparity_forward_fns"  # per-model cache of compiled forward functions
@@ -134,38 +132,8 @@ def forward(model, scaled_diffraction, rel, keep=None):
 # --- training ---------------------------------------------------------------------
 
 
-class _History(TrainHooks):
-    """Records every hook call into per-epoch and per-step lists, then forwards it."""
-
-    def __init__(self, hooks):
-        self.hooks = hooks
-        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
-
-    def on_step(self, step, metrics):
-        for key in STEP_KEYS:
-            self.history[key].append(metrics[key])
-        self.hooks.on_step(step, metrics)
-
-    def on_epoch_end(self, epoch, metrics):
-        for key in EPOCH_KEYS:
-            self.history[key].append(metrics[key])
-        self.hooks.on_epoch_end(epoch, metrics)
 
 
-class _EpochMeter:
-    """Per-batch loss, deviance and size of one epoch, averaged by batch size."""
-
-    def __init__(self):
-        self.loss, self.deviance, self.sizes = [], [], []
-
-    def add(self, loss, deviance, size):
-        self.loss.append(float(loss))
-        self.deviance.append(float(deviance))
-        self.sizes.append(int(size))
-
-    def means(self):
-        """``(loss, deviance)`` weighted by batch size."""
-        return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
 
 
 def _strategy(accelerator, devices):
@@ -293,7 +261,7 @@ def _run_epochs(system, runner, training_set, recorder, quiet):
         system.optimizer.learning_rate.assign(lr)
         batches = training_set.epoch_batches(epoch)
         bar = _progress_bar(quiet, epoch, cfg.max_epochs, len(batches))
-        train = _EpochMeter()
+        train = EpochMeter()
         for i, which in enumerate(batches):
             scaled, rel = training_set.batch(which)
             loss, deviance = runner(runner.train, scaled, rel)  # pre-update values
@@ -304,7 +272,7 @@ def _run_epochs(system, runner, training_set, recorder, quiet):
                 bar.update(i + 1, list(zip(("loss", "deviance"), train.means())), finalize=False)
         train_loss, train_deviance = train.means()
         if val_batches:
-            val = _EpochMeter()
+            val = EpochMeter()
             for which in val_batches:
                 val.add(*runner(runner.test, *training_set.batch(which)), len(which))
             val_loss, val_deviance = val.means()
@@ -365,7 +333,7 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     if model.cfg != cfg.model:
         raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
     strategy = _strategy(accelerator, devices)
-    recorder = _History(hooks if hooks is not None else TrainHooks())
+    recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
     # Training draws no random numbers (weights and batch order come from NumPy);
     # seeding only pins down anything a future layer might draw.
     with _seeded(cfg.seed, deterministic):

@@ -18,12 +18,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ptyparity.backends.torch import network, ops
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
-from ptyparity.training import TrainHooks
+from ptyparity.training import HistoryHooks, TrainHooks
 
 NAME = "torch"
 
-EPOCH_KEYS = ("train_loss", "val_loss", "train_deviance", "val_deviance", "intensity_scale", "learning_rate")
-STEP_KEYS = ("train_step_loss", "train_step_deviance")
 
 # Info-level chatter ("GPU available: …", "`Trainer.fit` stopped: …") lives under these.
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
@@ -143,22 +141,6 @@ class _FixedBatchSampler(Sampler):
         return len(self.batches)
 
 
-class _History(TrainHooks):
-    """Records every hook call into per-epoch and per-step lists, then forwards it."""
-
-    def __init__(self, hooks):
-        self.hooks = hooks
-        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
-
-    def on_step(self, step, metrics):
-        for key in STEP_KEYS:
-            self.history[key].append(metrics[key])
-        self.hooks.on_step(step, metrics)
-
-    def on_epoch_end(self, epoch, metrics):
-        for key in EPOCH_KEYS:
-            self.history[key].append(metrics[key])
-        self.hooks.on_epoch_end(epoch, metrics)
 
 
 @contextlib.contextmanager
@@ -228,7 +210,7 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     cfg = training_set.cfg
     if model.cfg != cfg.model:
         raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
-    recorder = _History(hooks if hooks is not None else TrainHooks())
+    recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
     system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
     train_loader = DataLoader(_GroupBatches(training_set), batch_size=None,
                               sampler=_EpochBatchSampler(training_set))

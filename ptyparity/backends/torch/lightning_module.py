@@ -17,26 +17,12 @@ from torch import nn
 
 from ptyparity.backends.torch import ops
 from ptyparity.config import LOSS_MODES
-from ptyparity.training import PlateauRule, TrainHooks, weighted_mean
+from ptyparity.training import EpochMeter, PlateauRule, TrainHooks
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7  # Keras' default, so both backends run the same Adam
 
 
-class _EpochMeter:
-    """Per-batch loss, deviance and size of one epoch, averaged by batch size."""
-
-    def __init__(self):
-        self.loss, self.deviance, self.sizes = [], [], []
-
-    def add(self, loss, deviance, size):
-        self.loss.append(float(loss))
-        self.deviance.append(float(deviance))
-        self.sizes.append(int(size))
-
-    def means(self):
-        """``(loss, deviance)`` weighted by batch size."""
-        return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
 
 
 class PtychoPINNModule(L.LightningModule):
@@ -64,8 +50,8 @@ class PtychoPINNModule(L.LightningModule):
         self.loss_mode = loss_mode
         self.hooks = hooks
         self.plateau = PlateauRule(learning_rate)
-        self._train = _EpochMeter()
-        self._val = _EpochMeter()
+        self._train = EpochMeter()
+        self._val = EpochMeter()
         self._step = 0
 
     def forward(self, scaled_diffraction, rel):
@@ -97,7 +83,7 @@ class PtychoPINNModule(L.LightningModule):
     # --- training ------------------------------------------------------------------
 
     def on_train_epoch_start(self):
-        self._train = _EpochMeter()
+        self._train = EpochMeter()
 
     def training_step(self, batch, batch_idx):
         loss, deviance = self.model_step(batch)
@@ -135,7 +121,7 @@ class PtychoPINNModule(L.LightningModule):
     # --- validation ----------------------------------------------------------------
 
     def on_validation_epoch_start(self):
-        self._val = _EpochMeter()
+        self._val = EpochMeter()
 
     def validation_step(self, batch, batch_idx):
         loss, deviance = self.model_step(batch)
