@@ -1,6 +1,7 @@
 """Shared test settings: tolerances set once, the backend fixture, a temporary
 MLflow store per test that needs one."""
 
+import contextlib
 import importlib
 import os
 
@@ -39,6 +40,36 @@ def backend_ops(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@contextlib.contextmanager
+def sqlite_store(root):
+    """Use ``root/mlflow.db`` as the tracking store (env var and mlflow's global) for a
+    whole module's fixture, restoring the previous setting afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+        mlflow.set_tracking_uri(None)
+
+
+def write_simulated(root, cfg):
+    """Simulate ``cfg`` and write ``root/train.npz`` and ``root/test.npz``."""
+    from ptyparity.data import save_npz
+    from ptyparity.simulate import simulate
+
+    train, test = simulate(cfg)
+    save_npz(root / "train.npz", train)
+    save_npz(root / "test.npz", test)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The parity comparison on real runs made by the real train/infer commands (N=32)."""
 
 import json
-import os
 import shutil
 import time
 
@@ -12,9 +11,9 @@ from typer.testing import CliRunner
 
 from ptyparity import bundle, tracking
 from ptyparity.cli import app
-from ptyparity.data import save_npz
-from ptyparity.simulate import SimConfig, simulate
+from ptyparity.simulate import SimConfig
 from ptyparity.workflows import resolve_pair, run_compare, run_compare_forward, run_infer
+from tests.conftest import sqlite_store, write_simulated
 
 # The small preset's training, on a smaller object: a verdict on models that have not
 # learned yet would be noise (the thresholds are calibrated on trained models).
@@ -37,27 +36,17 @@ def run_named(name, experiment="ptyparity"):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare_store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    train, test = simulate(SimConfig(N=32, object_size_px=160, seed=0))
-    save_npz(root / "train.npz", train)
-    save_npz(root / "test.npz", test)
-    runs = {}
-    for backend in ("torch", "tensorflow"):
-        invoke("train", "--backend", backend, "--train-data", root / "train.npz", "--test-data", root / "test.npz",
-               *TRAIN_ARGS, "--run-name", f"train-{backend}")
-        runs[f"train_{backend}"] = run_named(f"train-{backend}")
-        invoke("infer", "--model", f"models:/ptyparity-{backend}/1", "--data", root / "test.npz",
-               "--run-name", f"infer-{backend}")
-        runs[f"infer_{backend}"] = run_named(f"infer-{backend}")
-    yield root, runs
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-    mlflow.set_tracking_uri(None)
+    with sqlite_store(root):
+        write_simulated(root, SimConfig(N=32, object_size_px=160, seed=0))
+        runs = {}
+        for backend in ("torch", "tensorflow"):
+            invoke("train", "--backend", backend, "--train-data", root / "train.npz", "--test-data",
+                   root / "test.npz", *TRAIN_ARGS, "--run-name", f"train-{backend}")
+            runs[f"train_{backend}"] = run_named(f"train-{backend}")
+            invoke("infer", "--model", f"models:/ptyparity-{backend}/1", "--data", root / "test.npz",
+                   "--run-name", f"infer-{backend}")
+            runs[f"infer_{backend}"] = run_named(f"infer-{backend}")
+        yield root, runs
 
 
 def artifact_paths(run_id):

@@ -1,7 +1,6 @@
 """Train and infer with the torch backend as real MLflow runs (temporary sqlite store)."""
 
 import json
-import os
 
 import mlflow
 import numpy as np
@@ -10,8 +9,8 @@ from typer.testing import CliRunner
 
 from ptyparity import bundle
 from ptyparity.cli import app
-from ptyparity.data import save_npz
-from ptyparity.simulate import SimConfig, simulate
+from ptyparity.simulate import SimConfig
+from tests.conftest import sqlite_store, write_simulated
 
 TRAIN_ARGS = ["--n-groups", "96", "--max-epochs", "3", "--n-filters-scale", "1", "--learning-rate", "3e-3",
               "--patch-stats-limit", "8", "--quiet"]
@@ -20,19 +19,9 @@ TRAIN_ARGS = ["--n-groups", "96", "--max-epochs", "3", "--n-filters-scale", "1",
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("torch_store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    train, test = simulate(SimConfig(N=32, object_size_px=96, nphotons=1e5, seed=0))
-    save_npz(root / "train.npz", train)
-    save_npz(root / "test.npz", test)
-    yield root
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-    mlflow.set_tracking_uri(None)
+    with sqlite_store(root):
+        write_simulated(root, SimConfig(N=32, object_size_px=96, nphotons=1e5, seed=0))
+        yield root
 
 
 def invoke(*args):
