@@ -236,6 +236,9 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=tracking.D
         tracking.log_series("train_step_deviance", hooks.step_deviance)
         tracking.log_series("train_step_loss", hooks.step_loss)
         final_weights = api.get_weights(model)
+        if not all(np.all(np.isfinite(w)) for w in final_weights.values()):
+            raise PtyparityError(f"training diverged: the weights hold NaN/inf after {len(history['train_loss'])} "
+                                 "epoch(s); lower --learning-rate")
         scales = dataclasses.replace(ts.scales, intensity_scale=float(np.exp(np.float64(
             final_weights[architecture.LOG_SCALE]))))
         ts.scales = scales  # the dump and test deviance below use the scale in effect

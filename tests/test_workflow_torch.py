@@ -178,3 +178,14 @@ def test_trainable_scale_is_learned_and_persisted(store):
     assert rec.scales.intensity_scale != pytest.approx(rec.scales.data_scale, rel=1e-6)  # it moved
     assert rec.scales.intensity_scale == pytest.approx(float(run.data.params["intensity_scale"]), rel=1e-7)
     assert float(np.exp(rec.bundle.weights["log_scale"])) == pytest.approx(rec.scales.intensity_scale, rel=1e-6)
+
+
+def test_divergent_training_fails_cleanly(store):
+    result = CliRunner().invoke(app, ["train", "--backend", "torch", "--train-data", str(store / "train.npz"),
+                                      "--n-groups", "32", "--max-epochs", "1", "--n-filters-scale", "1",
+                                      "--learning-rate", "1e30", "--no-register", "--quiet", "--run-name", "diverge"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: training diverged")
+    (run,) = mlflow.search_runs(experiment_names=["ptyparity"], filter_string="attributes.run_name = 'diverge'",
+                                output_format="list")
+    assert run.info.status == "FAILED"
