@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test bench clean
+.PHONY: setup system-deps run test clean
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 run: setup
 	$(VENV)/bin/ptyparity pipeline
 
-test: setup
+# Debian's chromium drives the MLflow UI test (through Playwright's Python package;
+# no browser download). Installed with apt when missing (needs root, as on CI).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the MLflow UI test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: setup system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 clean:
