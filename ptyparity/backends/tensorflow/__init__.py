@@ -8,3 +8,10 @@
 This package is the only place that imports tensorflow; importing the package
 itself imports nothing heavy, the submodules do.
 """
+
+import os
+
+# Before TensorFlow is first imported (by the submodules): keep its C++ INFO lines
+# (oneDNN banners, CPU feature notes) out of the user's terminal, and run Keras on TF.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
