@@ -147,6 +147,7 @@ def train(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
     devices: Annotated[int, typer.Option(help="Number of devices (torch: Lightning DDP when > 1).")] = 1,
     deterministic: Annotated[bool, typer.Option(help="Framework deterministic mode.")] = False,
+    precision: Annotated[str, typer.Option(help="float32 or float64. float64: parity verification (slow).")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of grouping, split, shuffle and init.")] = 0,
     log_patch_stats: Annotated[bool, typer.Option(help="Log patch.* statistics.")] = True,
     patch_stats_limit: Annotated[int, typer.Option(help="Groups in the statistics and debug dump.")] = 16,
@@ -171,7 +172,7 @@ def train(
         cfg = TrainConfig(model=model, n_groups=n_groups, neighbor_count=neighbor_count, batch_size=batch_size,
                           max_epochs=max_epochs, learning_rate=learning_rate, loss_mode=loss_mode,
                           intensity_scale_mode=intensity_scale_mode, intensity_scale=intensity_scale, seed=seed,
-                          deterministic=deterministic, patch_stats_limit=patch_stats_limit)
+                          deterministic=deterministic, patch_stats_limit=patch_stats_limit, precision=precision)
         result = run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment, run_name=run_name,
                            quiet=quiet, accelerator=accelerator, devices=devices, log_patch_stats=log_patch_stats,
                            debug_dump=debug_dump, init_from=init_from, register=register, measurement=measurement)
@@ -305,4 +306,7 @@ def pipeline(
 
 def main():
     """Entry point of the ``ptyparity`` console script."""
+    # Before anything imports TensorFlow (MLflow's model loaders can): keep its C++
+    # INFO/WARNING lines (oneDNN banners, dtype notes) out of the user's terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app()

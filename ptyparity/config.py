@@ -21,6 +21,7 @@ LOSS_MODES = ("poisson", "mae")
 MERGE_WEIGHTINGS = ("support", "probe")
 INTENSITY_SCALE_MODES = ("dataset", "closed_form")
 BACKENDS = ("torch", "tensorflow")
+PRECISIONS = ("float32", "float64")  # float64: parity verification only (see TrainConfig.precision)
 
 
 def _check_choice(name, value, allowed):
@@ -86,6 +87,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     patch_stats_limit: int = 16
+    # "float64" trains in double precision (complex128 physics) for verifying that the
+    # backends agree without float32 rounding noise, which Adam amplifies (slow; the
+    # model's weights are float32 again after fit and bundles stay float32).
+    precision: str = "float32"
 
     def __post_init__(self):
         for name in ("n_groups", "batch_size", "max_epochs", "patch_stats_limit"):
@@ -97,6 +102,7 @@ class TrainConfig:
             raise PtyparityError(f"learning_rate must be > 0, got {self.learning_rate}")
         _check_choice("loss_mode", self.loss_mode, LOSS_MODES)
         _check_choice("intensity_scale_mode", self.intensity_scale_mode, INTENSITY_SCALE_MODES)
+        _check_choice("precision", self.precision, PRECISIONS)
         if self.intensity_scale is not None and not self.intensity_scale > 0:
             raise PtyparityError(f"intensity_scale must be > 0, got {self.intensity_scale}")
         if not 0 <= self.val_fraction < 1:

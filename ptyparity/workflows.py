@@ -78,6 +78,7 @@ def _config_params(model_cfg, train_cfg):
         "max_epochs": t["max_epochs"], "learning_rate": t["learning_rate"], "loss_mode": t["loss_mode"],
         "intensity_scale_mode": t["intensity_scale_mode"], "seed": t["seed"],
         "deterministic": t["deterministic"], "val_fraction": t["val_fraction"],
+        "precision": t.get("precision", "float32"),
     }
 
 

@@ -40,7 +40,7 @@ def versions():
     return {"tensorflow_version": tf.__version__, "keras_version": keras.__version__}
 
 
-def build(cfg, probe, weights):
+def build(cfg, probe, weights, *, precision="float32"):
     """A Keras network holding canonical ``weights``.
 
     Parameters
@@ -50,12 +50,15 @@ def build(cfg, probe, weights):
         The model probe (already scaled, masked when ``probe_mask``).
     weights : dict of ndarray
         Canonical weights (:func:`ptyparity.architecture.weight_shapes` names, HWIO).
+    precision : {"float32", "float64"}
+        Layer dtype policy and physics precision (float64 / complex128: parity
+        verification).
 
     Returns
     -------
     model : PtychoPINN
     """
-    return network.build_model(cfg, probe, weights)
+    return network.build_model(cfg, probe, weights, precision=precision)
 
 
 def get_weights(model):
@@ -63,10 +66,11 @@ def get_weights(model):
     return network.get_weights(model)
 
 
-def _signature(cfg):
+def _signature(cfg, precision="float32"):
     """Input specs with a free batch dimension, so one trace serves every batch size."""
-    return [tf.TensorSpec((None, cfg.N, cfg.N, cfg.channels), tf.float32, name="scaled_diffraction"),
-            tf.TensorSpec((None, cfg.channels, 2), tf.float32, name="rel")]
+    dtype = tf.float32 if precision == "float32" else tf.float64
+    return [tf.TensorSpec((None, cfg.N, cfg.N, cfg.channels), dtype, name="scaled_diffraction"),
+            tf.TensorSpec((None, cfg.channels, 2), dtype, name="rel")]
 
 
 def _forward_fn(model, keep):
@@ -81,7 +85,7 @@ def _forward_fn(model, keep):
             taps = model((scaled_diffraction, rel))
             return dict(taps) if keep is None else {name: taps[name] for name in keep}
 
-        cache[keep] = tf.function(run, input_signature=_signature(model.cfg))
+        cache[keep] = tf.function(run, input_signature=_signature(model.cfg, model.precision))
     return cache[keep]
 
 
@@ -92,7 +96,7 @@ def _tap_names(cfg):
     return names + ["object_extracted", "exit_wave", "pred_intensity", "pred_amplitude", "pred_amplitude_counts"]
 
 
-def forward(model, scaled_diffraction, rel, keep=None):
+def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
     """Run the network in inference mode (no gradients, no update).
 
     Parameters
@@ -104,6 +108,10 @@ def forward(model, scaled_diffraction, rel, keep=None):
         Channel offsets ``[x, y]`` from the group centre.
     keep : sequence of str, optional
         Taps to return (default all).
+    precision : {"float32", "float64"}, optional
+        The precision the model was built in (default: whatever it was built in,
+        float32 unless :func:`build` was asked for float64); the inputs are converted
+        to it and the taps come back in it. A mismatch raises :class:`PtyparityError`.
 
     Returns
     -------
@@ -111,8 +119,12 @@ def forward(model, scaled_diffraction, rel, keep=None):
         Canonical channel-last layout; only the taps in ``keep``.
     """
     cfg = model.cfg
-    scaled_diffraction = np.asarray(scaled_diffraction, np.float32)
-    rel = np.asarray(rel, np.float32)
+    if precision is not None and precision != model.precision:
+        raise PtyparityError(f"the model computes in {model.precision}, not {precision}; "
+                             f"build it with precision={precision!r}")
+    dtype = np.float32 if model.precision == "float32" else np.float64
+    scaled_diffraction = np.asarray(scaled_diffraction, dtype)
+    rel = np.asarray(rel, dtype)
     if scaled_diffraction.shape[1:] != (cfg.N, cfg.N, cfg.channels):
         raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
                              f"got {scaled_diffraction.shape}")
@@ -178,7 +190,7 @@ class _Runner:
     def __init__(self, system, strategy):
         self.system = system
         self.strategy = strategy
-        signature = _signature(system.net.cfg)
+        signature = _signature(system.net.cfg, system.net.precision)
         self.train = tf.function(self._distributed(system.train_step), input_signature=signature)
         self.test = tf.function(self._distributed(system.test_step), input_signature=signature)
 
@@ -194,7 +206,8 @@ class _Runner:
                 b = tf.shape(scaled)[0]
                 lo = ctx.replica_id_in_sync_group * b // ctx.num_replicas_in_sync
                 hi = (ctx.replica_id_in_sync_group + 1) * b // ctx.num_replicas_in_sync
-                share = tf.cast(hi - lo, tf.float32) / tf.cast(b, tf.float32)
+                real = scaled.dtype
+                share = tf.cast(hi - lo, real) / tf.cast(b, real)
                 # A replica left without rows (batch < replicas) runs one row with share 0:
                 # TF's convolutions reject empty batches, and it must still join the all-reduce.
                 start = tf.minimum(lo, b - 1)
@@ -207,7 +220,8 @@ class _Runner:
         return replicated
 
     def __call__(self, fn, scaled, rel):
-        out = fn(tf.constant(scaled), tf.constant(rel))
+        dtype = np.float32 if self.system.net.precision == "float32" else np.float64
+        out = fn(tf.constant(np.asarray(scaled, dtype)), tf.constant(np.asarray(rel, dtype)))
         return float(out["loss"]), float(out["deviance"])
 
 
@@ -322,6 +336,14 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         and Keras global seeds stay set; Python's ``random`` and NumPy's global RNG
         are restored (see :func:`_seeded`).
 
+    Notes
+    -----
+    ``training_set.cfg.precision`` is the training precision. When it differs from
+    the model's (``"float64"`` on a model built in float32: parity verification), a
+    replica in that precision (float64 layers, complex128 probe and FFT) is trained
+    from the model's weights and its weights are copied back, rounded to the
+    model's precision, as for multi-GPU training.
+
     Returns
     -------
     history : dict of list of float
@@ -336,14 +358,16 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
     # Training draws no random numbers (weights and batch order come from NumPy);
     # seeding only pins down anything a future layer might draw.
+    precision = getattr(cfg, "precision", "float32")
     with _seeded(cfg.seed, deterministic):
-        if strategy is None:
+        if strategy is None and precision == model.precision:
             system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
             _run_epochs(system, _Runner(system, None), training_set, recorder, quiet)
-        else:  # variables must be created under the strategy: train a replica, copy back
-            with strategy.scope():
-                replica = network.build_model(model.cfg, model.probe, network.get_weights(model))
+        else:  # variables must be created under the strategy / in the precision: train a replica, copy back
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                replica = network.build_model(model.cfg, model.probe_source, network.get_weights(model, np.float64),
+                                              precision=precision)
                 system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
             _run_epochs(system, _Runner(system, strategy), training_set, recorder, quiet)
-            network.set_weights(model, network.get_weights(replica))
+            network.set_weights(model, network.get_weights(replica, np.float64))
     return recorder.history

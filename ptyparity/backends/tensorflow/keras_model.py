@@ -57,8 +57,10 @@ class SpecAdam(keras.optimizers.Adam):
         dtype = variable.dtype
         gradient = keras.ops.cast(gradient, dtype)
         t = keras.ops.cast(self.iterations + 1, "float64")
-        bias1 = 1.0 - keras.ops.power(keras.ops.cast(self.beta_1, "float64"), t)
-        bias2 = 1.0 - keras.ops.power(keras.ops.cast(self.beta_2, "float64"), t)
+        # convert_to_tensor with a dtype: keras.ops.cast(0.999, "float64") would round the
+        # Python float through float32 first (sqrt(1 - beta_2**t) then off by 6e-6 at t=1).
+        bias1 = 1.0 - keras.ops.power(keras.ops.convert_to_tensor(self.beta_1, "float64"), t)
+        bias2 = 1.0 - keras.ops.power(keras.ops.convert_to_tensor(self.beta_2, "float64"), t)
         step_size = keras.ops.cast(keras.ops.cast(learning_rate, "float64") / bias1, dtype)
         bias2_sqrt = keras.ops.cast(keras.ops.sqrt(bias2), dtype)
         m = self._momentums[self._get_variable_index(variable)]
@@ -69,10 +71,19 @@ class SpecAdam(keras.optimizers.Adam):
         self.assign_sub(variable, step_size * m / denom)
 
 
-def make_optimizer(learning_rate):
+def make_optimizer(learning_rate, precision="float32"):
     """The Adam of SPEC §5: lr from the config, betas 0.9/0.999, eps 1e-7 added to
-    ``sqrt(v_hat)`` as in torch (:class:`SpecAdam`)."""
-    return SpecAdam(learning_rate=learning_rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
+    ``sqrt(v_hat)`` as in torch (:class:`SpecAdam`).
+
+    With ``precision="float64"`` the learning-rate variable is float64 too, so the
+    rate is the config's Python float exactly, as torch uses it (a float32 variable
+    would carry a 5e-8 relative error into every float64 step)."""
+    saved = keras.config.floatx()
+    keras.config.set_floatx(precision)  # Keras creates the rate variable in floatx
+    try:
+        return SpecAdam(learning_rate=learning_rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
+    finally:
+        keras.config.set_floatx(saved)
 
 
 class PtychoPINNSystem(keras.Model):
@@ -102,7 +113,7 @@ class PtychoPINNSystem(keras.Model):
             raise ValueError(f"loss_mode must be one of {', '.join(LOSS_MODES)}; got {loss_mode!r}")
         self.net = net
         self.loss_mode = loss_mode
-        self.compile(optimizer=make_optimizer(learning_rate), jit_compile=False)
+        self.compile(optimizer=make_optimizer(learning_rate, net.precision), jit_compile=False)
         self.optimizer.build(self.net.trainable_variables)  # slots now, not inside the first trace
 
     def call(self, inputs):
@@ -124,11 +135,12 @@ class PtychoPINNSystem(keras.Model):
         scaled, rel = batch
         taps = self.net((scaled, rel))
         log_scale = self.net.log_scale
-        if self.loss_mode == "poisson":
-            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
-        else:
-            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
-        deviance = tf.stop_gradient(ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale))
+        with ops.computing_in(self.net.precision):  # the losses in the network's precision
+            if self.loss_mode == "poisson":
+                loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
+            else:
+                loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
+            deviance = tf.stop_gradient(ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale))
         return loss, deviance
 
     @staticmethod

@@ -57,6 +57,10 @@ class PtychoPINN(keras.Model):
     seed : int
         Seed of :func:`ptyparity.architecture.init_weights` (Glorot-uniform kernels,
         zero biases), so both backends can start from identical weights.
+    precision : {"float32", "float64"}
+        Dtype policy of every layer and weight, and the precision of the physics
+        (complex64 / complex128 probe and FFT); "float64" is the parity-verification
+        mode (``TrainConfig.precision``). Fixed at construction.
 
     Notes
     -----
@@ -64,15 +68,20 @@ class PtychoPINN(keras.Model):
     units and offsets ``rel`` of shape (B, C, 2), and returns the SPEC §6 taps.
     """
 
-    def __init__(self, cfg: ModelConfig, probe: np.ndarray, *, log_scale: float, seed: int = 0):
-        super().__init__(name="ptychopinn")
+    def __init__(self, cfg: ModelConfig, probe: np.ndarray, *, log_scale: float, seed: int = 0,
+                 precision: str = "float32"):
+        if precision not in ops.PRECISIONS:
+            raise PtyparityError(f"precision must be one of {', '.join(ops.PRECISIONS)}; got {precision!r}")
+        super().__init__(name="ptychopinn", dtype=precision)
         probe = np.asarray(probe)
         if probe.shape != (cfg.N, cfg.N) or not np.iscomplexobj(probe):
             raise PtyparityError(f"probe must be a complex ({cfg.N}, {cfg.N}) array, got {probe.dtype} {probe.shape}")
         if not math.isfinite(float(log_scale)):
             raise PtyparityError(f"log_scale must be finite, got {log_scale}")
         self.cfg = cfg
-        self.probe = probe.astype(np.complex64)  # constant, not a weight
+        self.precision = precision
+        self.probe_source = np.array(probe, np.complex128)  # the probe as given (replicas rebuild from it)
+        self.probe = probe.astype(np.complex64 if precision == "float32" else np.complex128)  # constant, not a weight
         self.blocks = architecture.conv_layers(cfg)  # block name -> [ConvSpec, ...]
 
         # One Conv2D per canonical name; zero-initialised here, then set from the
@@ -82,16 +91,16 @@ class PtychoPINN(keras.Model):
             layer = keras.layers.Conv2D(spec.c_out, 3, padding="same", data_format="channels_last",
                                         activation="relu" if spec.relu else None,
                                         kernel_initializer="zeros", bias_initializer="zeros",
-                                        name=spec.name)
+                                        name=spec.name, dtype=precision)
             layer.build((None, None, None, spec.c_in))  # kernel (3, 3, c_in, c_out): HWIO
             convs[spec.name] = layer
         self.convs = convs
-        self.pool = keras.layers.MaxPooling2D(2)
-        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
-        self.pad = keras.layers.ZeroPadding2D(cfg.N // 4)
+        self.pool = keras.layers.MaxPooling2D(2, dtype=precision)
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=precision)
+        self.pad = keras.layers.ZeroPadding2D(cfg.N // 4, dtype=precision)
 
         # A tracked Keras weight (a bare tf.Variable attribute is not tracked by Keras 3).
-        self.log_scale = self.add_weight(name=architecture.LOG_SCALE, shape=(), dtype="float32",
+        self.log_scale = self.add_weight(name=architecture.LOG_SCALE, shape=(), dtype=precision,
                                          initializer=keras.initializers.Constant(float(log_scale)),
                                          trainable=cfg.intensity_scale_trainable)
         self.built = True
@@ -116,13 +125,18 @@ class PtychoPINN(keras.Model):
 
     def call(self, inputs):
         """Forward pass: ``(scaled_diffraction, rel)`` -> dict of taps (channel-last)."""
+        with ops.computing_in(self.precision):
+            return self._call(inputs)
+
+    def _call(self, inputs):
         scaled_diffraction, rel = inputs
         cfg = self.cfg
         if tuple(scaled_diffraction.shape[1:]) != (cfg.N, cfg.N, cfg.channels):
             raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
                                  f"got {tuple(scaled_diffraction.shape)}")
-        scaled_diffraction = tf.cast(scaled_diffraction, tf.float32)  # (B, N, N, C), counts
-        rel = None if rel is None else tf.cast(rel, tf.float32)  # (B, C, 2)
+        real = tf.float32 if self.precision == "float32" else tf.float64
+        scaled_diffraction = tf.cast(scaled_diffraction, real)  # (B, N, N, C), counts
+        rel = None if rel is None else tf.cast(rel, real)  # (B, C, 2)
         scale = tf.exp(tf.convert_to_tensor(self.log_scale))
         encoder_input = scaled_diffraction / scale  # (B, N, N, C), normalised X
 
@@ -145,8 +159,14 @@ class PtychoPINN(keras.Model):
 # --- canonical weights -------------------------------------------------------------------
 
 
-def get_weights(model):
+def get_weights(model, dtype=np.float32):
     """Canonical weights of ``model``.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        float32 (the canonical, stored form) or float64 (a float64 model's weights
+        unrounded, to copy between float64 replicas).
 
     Returns
     -------
@@ -157,26 +177,29 @@ def get_weights(model):
     weights = {}
     for spec in architecture.all_convs(model.cfg):
         layer = model.convs[spec.name]
-        weights[f"{spec.name}.kernel"] = np.array(keras.ops.convert_to_numpy(layer.kernel), np.float32)
-        weights[f"{spec.name}.bias"] = np.array(keras.ops.convert_to_numpy(layer.bias), np.float32)
-    weights[architecture.LOG_SCALE] = np.array(keras.ops.convert_to_numpy(model.log_scale), np.float32)
+        weights[f"{spec.name}.kernel"] = np.array(keras.ops.convert_to_numpy(layer.kernel), dtype)
+        weights[f"{spec.name}.bias"] = np.array(keras.ops.convert_to_numpy(layer.bias), dtype)
+    weights[architecture.LOG_SCALE] = np.array(keras.ops.convert_to_numpy(model.log_scale), dtype)
     return weights
 
 
 def set_weights(model, weights):
     """Load canonical weights into ``model`` (validated with
-    :func:`ptyparity.architecture.check_weights`; raises :class:`PtyparityError`)."""
+    :func:`ptyparity.architecture.check_weights`; raises :class:`PtyparityError`).
+    Float32 values are widened exactly in a float64 model; float64 values (a
+    float64 replica's, see :func:`get_weights`) are rounded once in a float32 one."""
     architecture.check_weights(model.cfg, weights)
+    dtype = np.float32 if model.precision == "float32" else np.float64
     for spec in architecture.all_convs(model.cfg):
         layer = model.convs[spec.name]
-        layer.kernel.assign(np.asarray(weights[f"{spec.name}.kernel"], np.float32))
-        layer.bias.assign(np.asarray(weights[f"{spec.name}.bias"], np.float32))
-    model.log_scale.assign(np.asarray(weights[architecture.LOG_SCALE], np.float32))
+        layer.kernel.assign(np.asarray(weights[f"{spec.name}.kernel"], dtype))
+        layer.bias.assign(np.asarray(weights[f"{spec.name}.bias"], dtype))
+    model.log_scale.assign(np.asarray(weights[architecture.LOG_SCALE], dtype))
 
 
-def build_model(cfg, probe, weights):
-    """A :class:`PtychoPINN` for ``cfg`` and ``probe`` holding ``weights``."""
+def build_model(cfg, probe, weights, *, precision="float32"):
+    """A :class:`PtychoPINN` for ``cfg`` and ``probe`` holding ``weights``, in ``precision``."""
     architecture.check_weights(cfg, weights)
-    model = PtychoPINN(cfg, probe, log_scale=float(weights[architecture.LOG_SCALE]))
+    model = PtychoPINN(cfg, probe, log_scale=float(weights[architecture.LOG_SCALE]), precision=precision)
     set_weights(model, weights)
     return model

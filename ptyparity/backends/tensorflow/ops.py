@@ -5,12 +5,16 @@ group arrays are channel-last ``(B, N, N, C)``, :func:`translate` acts on the la
 two axes ``(..., H, W)``, shifts are ``[x, y]`` in ``(..., 2)``. Everything computes
 in float32 / complex64, works eagerly and inside ``tf.function``, and accepts NumPy
 arrays or tensors (NumPy float64/complex128 inputs are narrowed to single precision).
+Inside :func:`computing_in` ``("float64")`` everything computes in float64 /
+complex128 instead (the parity-verification precision, ``TrainConfig.precision``).
 
 Complex arithmetic is kept to what has clean gradients: real matrices act on the
 real and imaginary parts separately, and intensities come from ``re**2 + im**2``.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -29,27 +33,69 @@ __all__ = [
 # --- conversion -----------------------------------------------------------------------
 
 
-def to_backend(array):
-    """NumPy array (or tensor) -> tf tensor, float64 -> float32, complex128 -> complex64.
+PRECISIONS = ("float32", "float64")
+_REAL = {"float32": tf.float32, "float64": tf.float64}
+_COMPLEX = {"float32": tf.complex64, "float64": tf.complex128}
+_NARROW = {tf.float64: tf.float32, tf.complex128: tf.complex64}
+_WIDEN = {tf.float16: tf.float64, tf.float32: tf.float64, tf.complex64: tf.complex128}
+_NUMPY_FLOATS = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.complex64, np.complex128))
+_current = ["float32"]  # the precision the ops compute in; see computing_in
 
+
+def _check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+@contextlib.contextmanager
+def computing_in(precision):
+    """Within the block (and so in any graph traced within it) the ops compute in
+    ``precision``: "float32" (float32 / complex64, the default) or "float64"
+    (float64 / complex128, the parity-verification mode)."""
+    _check_precision(precision)
+    _current.append(precision)
+    try:
+        yield
+    finally:
+        _current.pop()
+
+
+def current_precision():
+    """The precision the ops compute in now ("float32" unless inside :func:`computing_in`)."""
+    return _current[-1]
+
+
+def _rdt():
+    return _REAL[_current[-1]]
+
+
+def _cdt():
+    return _COMPLEX[_current[-1]]
+
+
+def to_backend(array, precision=None):
+    """NumPy array (or tensor) -> tf tensor in ``precision`` (default: the current one,
+    see :func:`computing_in`).
+
+    "float32": float64 -> float32, complex128 -> complex64 (float32 / complex64 kept).
+    "float64": float32 -> float64, complex64 -> complex128 (double precision kept).
     Integer and boolean arrays keep their dtype. Keras/TF variables are read as tensors.
     """
+    precision = current_precision() if precision is None else precision
+    _check_precision(precision)
+    table = _NARROW if precision == "float32" else _WIDEN
     if isinstance(array, tf.Tensor):
         tensor = array
     elif isinstance(array, tf.Variable) or hasattr(array, "__tf_tensor__"):
         tensor = tf.convert_to_tensor(array)
     else:
         arr = np.asarray(array)
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        elif arr.dtype == np.complex128:
-            arr = arr.astype(np.complex64)
+        target = table.get(tf.as_dtype(arr.dtype)) if arr.dtype in _NUMPY_FLOATS else None
+        if target is not None:
+            arr = arr.astype(target.as_numpy_dtype)
         return tf.convert_to_tensor(arr)
-    if tensor.dtype == tf.float64:
-        return tf.cast(tensor, tf.float32)
-    if tensor.dtype == tf.complex128:
-        return tf.cast(tensor, tf.complex64)
-    return tensor
+    target = table.get(tensor.dtype)
+    return tensor if target is None else tf.cast(tensor, target)
 
 
 def to_numpy(tensor):
@@ -60,16 +106,17 @@ def to_numpy(tensor):
 
 
 def _real(x):
-    """``x`` as a float32 tensor."""
-    return tf.cast(to_backend(x), tf.float32)
+    """``x`` as a float32 tensor (float64 under ``computing_in("float64")``)."""
+    return tf.cast(to_backend(x), _rdt())
 
 
 def _complex(x):
-    """``x`` as a complex64 tensor (real inputs get a zero imaginary part)."""
+    """``x`` as a complex64 tensor (complex128 under ``computing_in("float64")``; real
+    inputs get a zero imaginary part)."""
     x = to_backend(x)
     if x.dtype.is_complex:
-        return tf.cast(x, tf.complex64)
-    return tf.complex(tf.cast(x, tf.float32), tf.zeros_like(x, tf.float32))
+        return tf.cast(x, _cdt())
+    return tf.complex(tf.cast(x, _rdt()), tf.zeros_like(x, _rdt()))
 
 
 def _scale_complex(z, w):
@@ -85,7 +132,7 @@ def _divide_complex(z, d):
 def _scalar(value):
     """A python float, 0-d tensor or (Keras) variable as a float32 0-d tensor, keeping
     the gradient path to a variable."""
-    return tf.cast(to_backend(value), tf.float32)
+    return tf.cast(to_backend(value), _rdt())
 
 
 # --- translation ----------------------------------------------------------------------
@@ -110,7 +157,7 @@ def tent_matrix(n, shift):
     shift = tf.cast(to_backend(shift), tf.float64)[..., None, None]
     i = tf.range(n, dtype=tf.float64)[:, None]
     j = tf.range(n, dtype=tf.float64)[None, :]
-    return tf.cast(tf.maximum(1.0 - tf.abs(i - shift - j), 0.0), tf.float32)
+    return tf.cast(tf.maximum(1.0 - tf.abs(i - shift - j), 0.0), _rdt())
 
 
 def _broadcast_batch(x, static_batch, dynamic_batch, *tail):
@@ -158,9 +205,9 @@ def translate(img, shift):
         return tf.linalg.matmul(tf.linalg.matmul(t_y, plane), t_x, transpose_b=True)
 
     if img.dtype.is_complex:
-        img = tf.cast(img, tf.complex64)
+        img = tf.cast(img, _cdt())
         return tf.complex(apply(tf.math.real(img)), apply(tf.math.imag(img)))
-    return apply(tf.cast(img, tf.float32))
+    return apply(tf.cast(img, _rdt()))
 
 
 def pad_center(img, size):

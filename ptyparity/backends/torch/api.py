@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ptyparity.backends.torch import network, ops
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
+from ptyparity.errors import PtyparityError
 from ptyparity.training import HistoryHooks, TrainHooks
 
 NAME = "torch"
@@ -32,7 +33,7 @@ def versions():
     return {"torch_version": torch.__version__, "lightning_version": L.__version__}
 
 
-def build(cfg, probe, weights, *, device=None):
+def build(cfg, probe, weights, *, device=None, precision="float32"):
     """An eval-mode network holding canonical ``weights``.
 
     Parameters
@@ -44,13 +45,15 @@ def build(cfg, probe, weights, *, device=None):
         Canonical weights (:func:`ptyparity.architecture.weight_shapes` names, HWIO).
     device : str or torch.device, optional
         Default CPU.
+    precision : {"float32", "float64"}
+        Parameter and compute dtype (float64 / complex128: parity verification).
 
     Returns
     -------
     model : PtychoPINN
         Conv kernels in ``channels_last`` memory.
     """
-    model = network.build_model(cfg, probe, weights)
+    model = network.build_model(cfg, probe, weights, precision=precision)
     if device is not None:
         model = model.to(device)  # keeps the channels_last strides
     return model.eval()
@@ -61,7 +64,13 @@ def get_weights(model):
     return network.get_weights(model)
 
 
-def forward(model, scaled_diffraction, rel, keep=None):
+def _check_model_precision(model, precision):
+    if precision is not None and precision != model.precision:
+        raise PtyparityError(f"the model computes in {model.precision}, not {precision}; "
+                             f"build it with precision={precision!r}")
+
+
+def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
     """Run the network without gradients, in eval mode.
 
     Parameters
@@ -73,18 +82,25 @@ def forward(model, scaled_diffraction, rel, keep=None):
         Channel offsets ``[x, y]`` from the group centre.
     keep : sequence of str, optional
         Taps to return (default all).
+    precision : {"float32", "float64"}, optional
+        The precision the model was built in (default: whatever it was built in,
+        float32 unless :func:`build` was asked for float64); the inputs are converted
+        to it and the taps come back in it. A mismatch raises :class:`PtyparityError`.
 
     Returns
     -------
     taps : dict of ndarray
         Canonical channel-last layout; only the taps in ``keep``.
     """
+    _check_model_precision(model, precision)
     device = model.log_scale.device
+    precision = model.precision
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            taps = model(ops.to_backend(scaled_diffraction, device=device), ops.to_backend(rel, device=device))
+            taps = model(ops.to_backend(scaled_diffraction, device=device, precision=precision),
+                         ops.to_backend(rel, device=device, precision=precision))
     finally:
         model.train(was_training)
     if keep is not None:
@@ -99,12 +115,13 @@ def forward(model, scaled_diffraction, rel, keep=None):
 class _GroupBatches(Dataset):
     """``dataset[indices]`` is the batch of groups ``indices`` as tensors."""
 
-    def __init__(self, training_set):
+    def __init__(self, training_set, precision="float32"):
         self.training_set = training_set
+        self.precision = precision
 
     def __getitem__(self, indices):
         scaled, rel = self.training_set.batch(indices)
-        return torch.from_numpy(scaled), torch.from_numpy(rel)
+        return (ops.to_backend(scaled, precision=self.precision), ops.to_backend(rel, precision=self.precision))
 
 
 class _EpochBatchSampler(Sampler):
@@ -200,6 +217,14 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         Torch's deterministic algorithms (``Trainer(deterministic=True)``) for this
         fit; the process-wide flags are restored afterwards.
 
+    Notes
+    -----
+    ``training_set.cfg.precision`` is the training precision. When it differs from
+    the model's (``"float64"`` on a model built in float32: parity verification),
+    the model is switched to it for the fit (parameters float64, probe complex128,
+    batches widened from the float32 training data) and switched back afterwards,
+    so the trained weights come back rounded to the model's own precision.
+
     Returns
     -------
     history : dict of list of float
@@ -210,13 +235,17 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     cfg = training_set.cfg
     if model.cfg != cfg.model:
         raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
+    precision = getattr(cfg, "precision", "float32")
+    own_precision = model.precision
     recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
-    system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
-    train_loader = DataLoader(_GroupBatches(training_set), batch_size=None,
+    train_loader = DataLoader(_GroupBatches(training_set, precision), batch_size=None,
                               sampler=_EpochBatchSampler(training_set))
     val_batches = training_set.val_batches()
-    val_loader = (DataLoader(_GroupBatches(training_set), batch_size=None, sampler=_FixedBatchSampler(val_batches))
+    val_loader = (DataLoader(_GroupBatches(training_set, precision), batch_size=None,
+                             sampler=_FixedBatchSampler(val_batches))
                   if val_batches else None)
+    network.set_precision(model, precision)
+    system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
     # Training itself draws no random numbers (weights and batch order come from NumPy);
     # seeding torch only pins down anything a future layer might draw. The global
     # NumPy and `random` states are left alone.
@@ -238,4 +267,5 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
             trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
             model.eval()
+            network.set_precision(model, own_precision)
     return recorder.history

@@ -61,14 +61,20 @@ class PtychoPINN(nn.Module):
     seed : int
         Seed of :func:`ptyparity.architecture.init_weights` (Glorot-uniform kernels,
         zero biases), so both backends start from identical weights.
+    precision : {"float32", "float64"}
+        Dtype of the parameters, the probe buffer (complex64 / complex128) and so of the
+        whole forward pass; :func:`set_precision` switches it in place. "float64" is
+        the parity-verification mode (``TrainConfig.precision``).
     """
 
-    def __init__(self, cfg, probe: np.ndarray, *, log_scale: float, seed: int = 0):
+    def __init__(self, cfg, probe: np.ndarray, *, log_scale: float, seed: int = 0, precision: str = "float32"):
         super().__init__()
         probe = np.asarray(probe)
         if probe.shape != (cfg.N, cfg.N) or not np.iscomplexobj(probe):
             raise ValueError(f"probe must be a complex ({cfg.N}, {cfg.N}) array, got {probe.dtype} {probe.shape}")
         self.cfg = cfg
+        self.precision = "float32"
+        self._probe_source = np.array(probe, np.complex128)  # the probe as given, for set_precision
         blocks = architecture.conv_layers(cfg)
         L = cfg.n_stages
         self.encoder = nn.ModuleList([_convs(blocks[f"encoder.{i}"]) for i in range(L)])
@@ -81,6 +87,7 @@ class PtychoPINN(nn.Module):
         self.register_buffer("probe", ops.to_backend(probe.astype(np.complex64)))
         self.to(memory_format=torch.channels_last)  # conv kernels in NHWC memory
         set_weights(self, architecture.init_weights(cfg, seed=seed, log_scale=log_scale))
+        set_precision(self, precision)
 
     def _decode(self, decoder, head, h, activation):
         """One decoder branch: (B, F, N/2**L, ...) features to an activated (B, C, N, N) patch."""
@@ -114,7 +121,10 @@ class PtychoPINN(nn.Module):
         """
         cfg = self.cfg
         if not isinstance(scaled_diffraction, torch.Tensor):
-            scaled_diffraction = ops.to_backend(scaled_diffraction, device=self.log_scale.device)
+            scaled_diffraction = ops.to_backend(scaled_diffraction, device=self.log_scale.device,
+                                                precision=self.precision)
+        if rel is not None and not isinstance(rel, torch.Tensor):
+            rel = ops.to_backend(rel, device=self.log_scale.device, precision=self.precision)
         if scaled_diffraction.ndim != 4 or tuple(scaled_diffraction.shape[1:]) != (cfg.N, cfg.N, cfg.channels):
             raise ValueError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
                              f"got {tuple(scaled_diffraction.shape)}")
@@ -176,8 +186,25 @@ def set_weights(model, weights):
     return model
 
 
-def build_model(cfg, probe, weights):
-    """A :class:`PtychoPINN` for ``cfg`` and ``probe`` holding ``weights`` (canonical dict)."""
+def set_precision(model, precision):
+    """Switch ``model`` in place to ``precision`` ("float32" or "float64"): parameters
+    to that real dtype, the probe buffer to complex64 / complex128 (rebuilt from the
+    probe the model was given, so float64 uses the unrounded probe). Float32 weights
+    widen exactly; narrowing rounds to the nearest float32."""
+    ops.real_dtype(precision)  # validates
+    # Floating parameters only (Module.to(dtype) would also cast the complex probe to real);
+    # the conversions keep the channels_last strides.
+    model.double() if precision == "float64" else model.float()
+    probe = ops.to_backend(model._probe_source.astype(np.complex64 if precision == "float32" else np.complex128),
+                           device=model.probe.device, precision=precision)
+    model.probe = probe  # registered buffer: assignment replaces it
+    model.precision = precision
+    return model
+
+
+def build_model(cfg, probe, weights, *, precision="float32"):
+    """A :class:`PtychoPINN` for ``cfg`` and ``probe`` holding ``weights`` (canonical dict),
+    computing in ``precision``."""
     architecture.check_weights(cfg, weights)
-    model = PtychoPINN(cfg, probe, log_scale=float(np.asarray(weights[LOG_SCALE])))
+    model = PtychoPINN(cfg, probe, log_scale=float(np.asarray(weights[LOG_SCALE])), precision=precision)
     return set_weights(model, weights)

@@ -5,7 +5,8 @@ group arrays are channel-last ``(B, N, N, C)``, :func:`translate` acts on the la
 two axes ``(..., H, W)`` and shifts are ``[x, y]`` pixels in ``(..., 2)``. Everything
 computes in float32 / complex64 and keeps the autograd graph. Inputs may be torch
 tensors or NumPy arrays (converted with :func:`to_backend`); results are tensors on
-the device of the first array argument.
+the device of the first array argument. Given float64 / complex128 *tensors* (the
+``precision="float64"`` verification mode), every op keeps double precision.
 
 Constants (support mask, stabilisers) come from :mod:`ptyparity.physics`, so both
 backends use literally the same numbers.
@@ -22,7 +23,7 @@ from ptyparity import physics
 from ptyparity.physics import AMPLITUDE_EPS, LOG_EPS, MERGE_EPS, MERGE_WEIGHTINGS
 
 __all__ = [
-    "to_backend", "to_numpy",
+    "to_backend", "to_numpy", "real_dtype", "complex_dtype",
     "tent_matrix", "translate", "pad_center", "crop_center",
     "merge_patches", "extract_patches", "illuminate",
     "predicted_intensity", "diffract", "predicted_amplitude",
@@ -33,13 +34,40 @@ __all__ = [
 # --- conversion ----------------------------------------------------------------------
 
 _SINGLE = {np.dtype(np.float64): np.float32, np.dtype(np.complex128): np.complex64}
+_DOUBLE = {np.dtype(np.float16): np.float64, np.dtype(np.float32): np.float64, np.dtype(np.complex64): np.complex128}
+PRECISIONS = ("float32", "float64")
+_REAL = {"float32": torch.float32, "float64": torch.float64}
+_COMPLEX = {"float32": torch.complex64, "float64": torch.complex128}
 
 
-def to_backend(array, *, device=None):
-    """NumPy (or array-like) to a torch tensor: float64 -> float32,
-    complex128 -> complex64, other dtypes (ints, bools, float32) kept. Copies."""
+def real_dtype(precision):
+    """The torch real dtype of a precision name ("float32" or "float64")."""
+    _check_precision(precision)
+    return _REAL[precision]
+
+
+def complex_dtype(precision):
+    """The torch complex dtype of a precision name ("float32" or "float64")."""
+    _check_precision(precision)
+    return _COMPLEX[precision]
+
+
+def _check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+def to_backend(array, *, device=None, precision="float32"):
+    """NumPy (or array-like) to a torch tensor. Copies.
+
+    ``precision="float32"`` (default): float64 -> float32, complex128 -> complex64.
+    ``precision="float64"`` (parity verification): float32 -> float64,
+    complex64 -> complex128, double precision kept. Other dtypes (ints, bools) are
+    kept in both."""
+    _check_precision(precision)
     arr = np.asarray(array)
-    arr = np.array(arr, dtype=_SINGLE.get(arr.dtype, arr.dtype), order="C")  # a C-ordered copy, 0-d kept
+    table = _SINGLE if precision == "float32" else _DOUBLE
+    arr = np.array(arr, dtype=table.get(arr.dtype, arr.dtype), order="C")  # a C-ordered copy, 0-d kept
     return torch.from_numpy(arr).to(device)
 
 
