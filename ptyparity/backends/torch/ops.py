@@ -153,7 +153,15 @@ def translate(img, shift):
     h, w = img.shape[-2:]
     t_y = tent_matrix(h, shift[..., 1])  # (..., H, H)
     t_x = tent_matrix(w, shift[..., 0])  # (..., W, W)
-    return _apply_real(lambda x: t_y @ x @ t_x.transpose(-1, -2), img)
+    if not img.is_complex():
+        return t_y @ img @ t_x.transpose(-1, -2)
+    # Complex: one real matmul per side instead of two, with re/im side by side.
+    ri = torch.view_as_real(img)  # (..., H, W, 2)
+    left = t_y @ ri.reshape(*ri.shape[:-2], w * 2)  # rows mixed: (..., H, 2W)
+    planes = left.reshape(*left.shape[:-1], w, 2).movedim(-1, -3)  # (..., 2, H, W)
+    right = planes.reshape(*planes.shape[:-3], 2 * h, w) @ t_x.transpose(-1, -2)  # (..., 2H, W)
+    out = right.reshape(*right.shape[:-2], 2, h, w).movedim(-3, -1).contiguous()  # (..., H, W, 2)
+    return torch.view_as_complex(out)
 
 
 def pad_center(img, size):
