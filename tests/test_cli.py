@@ -57,3 +57,29 @@ def test_bad_option_value_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "--out-dir", str(tmp_path), "--n", "48"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: N must be one of (32, 64, 128, 256); got 48"
+
+
+def test_module_boundaries():
+    # Backends never import each other; only the tracking layer imports mlflow; nothing
+    # outside backends/tensorflow imports tensorflow at all.
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "ptyparity"
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        if rel.startswith("backends/torch"):
+            assert not any(n.startswith("ptyparity.backends.tensorflow") for n in names), rel
+        if rel.startswith("backends/tensorflow"):
+            assert not any(n.startswith("ptyparity.backends.torch") for n in names), rel
+        if not rel.startswith("backends/tensorflow"):
+            assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in names), rel
+        if rel not in ("tracking.py", "tracking_pyfunc.py"):
+            assert not any(n.split(".")[0] == "mlflow" for n in names), rel
