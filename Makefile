@@ -18,12 +18,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 run: setup
 	$(VENV)/bin/ptyparity pipeline
 
-# Debian's chromium drives the MLflow UI test (through Playwright's Python package;
-# no browser download). Installed with apt when missing (needs root, as on CI).
+# Debian packages some tests drive, installed with apt when missing (needs root, as on CI):
+# chromium for the MLflow UI test (through Playwright's Python package; no browser
+# download), postgresql for the team-server test (it starts its own throwaway cluster).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the MLflow UI test"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's$$missing for the tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 test: setup system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15

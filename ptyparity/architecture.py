@@ -16,6 +16,10 @@ from ptyparity.errors import PtyparityError
 
 BRANCHES = ("amp", "phase")
 LOG_SCALE = "log_scale"
+# head_layout "ptychopinn": the decoder's last 4 channels are kept from the head's main conv
+# (upstream slices [..., :-4]) and, with probe_big, feed the border branch. Observed as 4 at
+# gridsize 2 for f = 1 and 2; the importer checks the slice in each checkpoint's graph.
+HEAD_BORDER_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,28 @@ def decoder_filters(cfg):
     return [32 * f * 2 ** (L - 2 - j) for j in range(L - 1)]
 
 
+def border_filters(cfg):
+    """Filters of the ``ptychopinn`` probe_big border branch: ``2048 f / N``."""
+    return 2048 * cfg.n_filters_scale // cfg.N
+
+
+def head_convs(cfg, branch, c_in):
+    """The convolutions of one head, reading ``c_in`` decoder channels (see :func:`conv_layers`)."""
+    c, f = cfg.channels, cfg.n_filters_scale
+    if cfg.head_layout == "ptychopinn":
+        specs = [ConvSpec(f"{branch}_head.conv", c_in - HEAD_BORDER_CHANNELS, c, False)]
+        if cfg.probe_big:
+            width = border_filters(cfg)
+            specs += [ConvSpec(f"{branch}_head.border_conv1", HEAD_BORDER_CHANNELS, width, True),
+                      ConvSpec(f"{branch}_head.border_conv2", width, width, True),
+                      ConvSpec(f"{branch}_head.border_conv3", width, c, False)]  # then swish
+        return specs
+    if cfg.probe_big:
+        return [ConvSpec(f"{branch}_head.up_conv", c_in, 32 * f, True),
+                ConvSpec(f"{branch}_head.conv", 32 * f, c, False)]
+    return [ConvSpec(f"{branch}_head.conv", c_in, c, False)]
+
+
 def conv_layers(cfg):
     """Every convolution of the network, grouped by block, in forward order.
 
@@ -52,13 +78,16 @@ def conv_layers(cfg):
     -------
     blocks : dict of list of ConvSpec
         ``encoder.{i}`` (two convs, then maxpool2), ``{branch}_decoder.{j}`` (two
-        convs, then nearest upsample2) and ``{branch}_head``: one conv to C when
-        ``probe_big`` is false (then the activation and an N/4 zero pad); when true,
-        upsample2 first, then ``up_conv`` (32 f, ReLU) and ``conv`` to C.
+        convs, then nearest upsample2) and ``{branch}_head``. With ``head_layout``
+        "spec": one conv to C when ``probe_big`` is false (then the activation and an
+        N/4 zero pad); when true, upsample2 first, then ``up_conv`` (32 f, ReLU) and
+        ``conv`` to C. With "ptychopinn": ``conv`` reads all decoder channels but the
+        last ``HEAD_BORDER_CHANNELS``; with ``probe_big`` the border branch
+        ``border_conv1`` (4 -> 2048 f / N, ReLU), ``border_conv2`` (same, ReLU), upsample2,
+        ``border_conv3`` (to C, then swish) reads those last channels.
     """
-    c, f = cfg.channels, cfg.n_filters_scale
     blocks = {}
-    c_in = c
+    c_in = cfg.channels
     for i, width in enumerate(encoder_filters(cfg)):
         blocks[f"encoder.{i}"] = [ConvSpec(f"encoder.{i}.conv1", c_in, width, True),
                                   ConvSpec(f"encoder.{i}.conv2", width, width, True)]
@@ -70,11 +99,7 @@ def conv_layers(cfg):
             blocks[f"{branch}_decoder.{j}"] = [ConvSpec(f"{branch}_decoder.{j}.conv1", c_in, width, True),
                                               ConvSpec(f"{branch}_decoder.{j}.conv2", width, width, True)]
             c_in = width
-        if cfg.probe_big:
-            blocks[f"{branch}_head"] = [ConvSpec(f"{branch}_head.up_conv", c_in, 32 * f, True),
-                                       ConvSpec(f"{branch}_head.conv", 32 * f, c, False)]
-        else:
-            blocks[f"{branch}_head"] = [ConvSpec(f"{branch}_head.conv", c_in, c, False)]
+        blocks[f"{branch}_head"] = head_convs(cfg, branch, c_in)
     return blocks
 
 
@@ -133,7 +158,7 @@ def check_weights(cfg, weights):
     if missing or extra:
         raise PtyparityError(
             f"weights do not match the model config (missing {missing[:3]}, unexpected {extra[:3]}); "
-            "was the bundle saved with a different N, gridsize, n_filters_scale or probe_big?")
+            "was the bundle saved with a different N, gridsize, n_filters_scale, probe_big or head_layout?")
     for name, shape in expected.items():
         arr = np.asarray(weights[name])
         if arr.shape != tuple(shape):

@@ -4,11 +4,17 @@ Each command builds a config, calls one library function and prints a summary. A
 user mistake (:class:`~ptyparity.errors.PtyparityError`) prints one line,
 ``error: …``, and exits with code 2; frameworks are imported only by the commands
 that need them, so ``ptyparity --help`` starts fast.
+
+Every option default is read from where the value is defined (the config
+dataclasses, :data:`ptyparity.parity.DEFAULT_THRESHOLDS`, the workflow functions'
+keyword defaults), never written here a second time; ``tests/test_defaults.py``
+checks that ``MLproject`` agrees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect as _inspect
 import json
 import os
 from pathlib import Path
@@ -16,7 +22,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from ptyparity import names, runs, tracking, tracking_preflight
+from ptyparity.config import ModelConfig, TrainConfig
 from ptyparity.errors import PtyparityError
+from ptyparity.parity import DEFAULT_THRESHOLDS
+from ptyparity.simulate import SimConfig
 
 app = typer.Typer(
     name="ptyparity",
@@ -27,14 +37,34 @@ app = typer.Typer(
 )
 
 EXPERIMENT_HELP = "MLflow experiment name (created when missing)."
+EXPERIMENT = names.DEFAULT_EXPERIMENT
+
+
+def _kw(fn, name):
+    """Default of keyword argument ``name`` of workflow function ``fn``."""
+    return _inspect.signature(fn).parameters[name].default
+
+
+_SIM = SimConfig()  # defaults of the dataclass fields, read by the options below
+_MODEL = ModelConfig()
+_TRAIN = TrainConfig()
 
 
 @contextlib.contextmanager
-def _user_errors():
+def _user_errors(*, tracked=False):
+    """One line and exit 2 for a user mistake or a tracking error (MLflow, its server or database);
+    ``tracked``: check the tracking store first, before any work (fails fast on a wrong URI)."""
     try:
+        if tracked:
+            tracking.check_store()
         yield
     except PtyparityError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    except Exception as exc:
+        if not tracking_preflight.is_tracking_error(exc):
+            raise
+        typer.echo(f"error: {tracking_preflight.error_line(exc, tracking.tracking_uri())}", err=True)
         raise typer.Exit(code=2) from None
 
 
@@ -51,27 +81,26 @@ def _echo_links(run_id):
 @app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Option(help="Directory for train.npz and test.npz.")] = Path("data"),
-    n: Annotated[int, typer.Option("--n", "-N", help="Patch size N (32, 64, 128 or 256).")] = 32,
-    object_family: Annotated[str, typer.Option(help="Object family: lines or images.")] = "lines",
-    object_size: Annotated[Optional[int], typer.Option(help="Object side in px (default 8N).")] = None,
-    scan_step: Annotated[Optional[float], typer.Option(help="Raster step in px (default N/8).")] = None,
-    jitter: Annotated[float, typer.Option(help="Uniform position jitter, +- px.")] = 0.0,
-    nphotons: Annotated[float, typer.Option(help="Mean photons per diffraction pattern.")] = 1e6,
-    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing train.npz/test.npz.")] = False,
-    log_data: Annotated[bool, typer.Option(help="Also store the NPZ files as run artifacts.")] = True,
-    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    n: Annotated[int, typer.Option("--n", "-N", help="Patch size N (32, 64, 128 or 256).")] = _SIM.N,
+    object_family: Annotated[str, typer.Option(help="Object family: lines or images.")] = _SIM.object_family,
+    object_size: Annotated[Optional[int], typer.Option(help="Object side in px (default 8N).")] = _SIM.object_size_px,
+    scan_step: Annotated[Optional[float], typer.Option(help="Raster step in px (default N/8).")] = _SIM.scan_step_px,
+    jitter: Annotated[float, typer.Option(help="Uniform position jitter, +- px.")] = _SIM.jitter_px,
+    nphotons: Annotated[float, typer.Option(help="Mean photons per diffraction pattern.")] = _SIM.nphotons,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = _SIM.seed,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing train.npz/test.npz.")] = _kw(runs.run_simulate,
+                                                                                                "overwrite"),
+    log_data: Annotated[bool, typer.Option(help="Also store the NPZ files as run artifacts.")] = _kw(
+        runs.run_simulate, "log_data"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
 ):
     """Simulate the seeded train/test datasets and record them in a ``simulate`` run."""
-    with _user_errors():
-        from ptyparity.workflows import run_simulate
-        from ptyparity.simulate import SimConfig
-
+    with _user_errors(tracked=True):
         cfg = SimConfig(N=n, object_family=object_family, object_size_px=object_size, scan_step_px=scan_step,
                         jitter_px=jitter, nphotons=nphotons, seed=seed)
-        result = run_simulate(cfg, out_dir, experiment=experiment, run_name=run_name, overwrite=overwrite,
-                              log_data=log_data)
+        result = runs.run_simulate(cfg, out_dir, experiment=experiment, run_name=run_name, overwrite=overwrite,
+                                   log_data=log_data)
     s = result.summary["train"]
     typer.echo(f"simulated {s['n_patterns']} patterns of {s['N']}x{s['N']} per split, "
                f"{s['photons_per_pattern_mean']:.3g} photons/pattern, step {s['scan_step_px']:g} px")
@@ -90,10 +119,11 @@ def inspect(
 ):
     """Validate a dataset and print what you need to know before training."""
     with _user_errors():
-        from ptyparity.data import load_npz, summarize
+        from ptyparity.data import count_sanity, load_npz, summarize
 
         raw = load_npz(data, measurement=measurement)
         summary = summarize(raw)
+        warnings = count_sanity(raw)
         if plot is not None:
             from ptyparity import report
 
@@ -101,7 +131,8 @@ def inspect(
             fig = report.dataset_figure(raw, title=str(data))
             fig.savefig(plot, dpi=100)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps({**summary, "warnings": [{"code": w.code, "message": w.message} for w in warnings]},
+                              indent=2))
         return
     typer.echo(f"{data}: valid")
     rows = [
@@ -122,6 +153,10 @@ def inspect(
         typer.echo(f"  {key:16s} {value}")
     if plot is not None:
         typer.echo(f"  preview written to {plot}")
+    for w in warnings:
+        typer.echo(f"warning: {w.message} ({w.code})")
+    if warnings:
+        typer.echo("  ptyparity train refuses this data; pass --force to train anyway")
 
 
 @app.command()
@@ -129,40 +164,40 @@ def train(
     train_data: Annotated[Path, typer.Option(help="Raw training NPZ.")],
     backend: Annotated[str, typer.Option(help="torch or tensorflow.")] = "torch",
     test_data: Annotated[Optional[Path], typer.Option(help="Held-out NPZ: deviance before/after training.")] = None,
-    n_groups: Annotated[int, typer.Option(help="Number of training groups.")] = 512,
-    gridsize: Annotated[int, typer.Option(help="Groups have gridsize**2 patterns.")] = 2,
-    neighbor_count: Annotated[int, typer.Option(help="Partners come from this many nearest positions.")] = 7,
-    batch_size: Annotated[int, typer.Option(help="Groups per batch.")] = 16,
-    max_epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    n_filters_scale: Annotated[int, typer.Option(help="Network width factor f (2 = PtychoPINN; 1 trains ~3x faster on CPU).")] = 2,
-    loss_mode: Annotated[str, typer.Option(help="poisson or mae.")] = "poisson",
-    object_big: Annotated[bool, typer.Option(help="Merge each group's patches on one canvas.")] = True,
-    probe_big: Annotated[bool, typer.Option(help="Predict full N x N patches instead of the N/2 centre.")] = False,
-    probe_mask: Annotated[bool, typer.Option(help="Mask the probe with a disk of radius N/4.")] = False,
-    merge_weighting: Annotated[str, typer.Option(help="support or probe.")] = "support",
-    intensity_scale_mode: Annotated[str, typer.Option(help="dataset or closed_form.")] = "dataset",
-    intensity_scale: Annotated[Optional[float], typer.Option(help="Explicit intensity scale s (overrides the mode).")] = None,
-    intensity_scale_trainable: Annotated[bool, typer.Option(help="Learn log_scale.")] = False,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
-    devices: Annotated[int, typer.Option(help="Number of devices (torch: Lightning DDP when > 1).")] = 1,
-    deterministic: Annotated[bool, typer.Option(help="Framework deterministic mode.")] = False,
-    precision: Annotated[str, typer.Option(help="float32 or float64. float64: parity verification (slow).")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed of grouping, split, shuffle and init.")] = 0,
-    log_patch_stats: Annotated[bool, typer.Option(help="Log patch.* statistics.")] = True,
-    patch_stats_limit: Annotated[int, typer.Option(help="Groups in the statistics and debug dump.")] = 16,
-    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = True,
+    n_groups: Annotated[int, typer.Option(help="Number of training groups.")] = _TRAIN.n_groups,
+    gridsize: Annotated[int, typer.Option(help="Groups have gridsize**2 patterns.")] = _MODEL.gridsize,
+    neighbor_count: Annotated[int, typer.Option(help="Partners come from this many nearest positions.")] = _TRAIN.neighbor_count,
+    batch_size: Annotated[int, typer.Option(help="Groups per batch.")] = _TRAIN.batch_size,
+    max_epochs: Annotated[int, typer.Option(help="Training epochs.")] = _TRAIN.max_epochs,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = _TRAIN.learning_rate,
+    n_filters_scale: Annotated[int, typer.Option(help="Network width factor f (2 = PtychoPINN; 1 trains ~3x faster on CPU).")] = _MODEL.n_filters_scale,
+    loss_mode: Annotated[str, typer.Option(help="poisson or mae.")] = _TRAIN.loss_mode,
+    object_big: Annotated[bool, typer.Option(help="Merge each group's patches on one canvas.")] = _MODEL.object_big,
+    probe_big: Annotated[bool, typer.Option(help="Predict full N x N patches instead of the N/2 centre.")] = _MODEL.probe_big,
+    probe_mask: Annotated[bool, typer.Option(help="Mask the probe with a disk of radius N/4.")] = _MODEL.probe_mask,
+    merge_weighting: Annotated[str, typer.Option(help="support or probe.")] = _MODEL.merge_weighting,
+    intensity_scale_mode: Annotated[str, typer.Option(help="dataset or closed_form.")] = _TRAIN.intensity_scale_mode,
+    intensity_scale: Annotated[Optional[float], typer.Option(help="Explicit intensity scale s (overrides the mode).")] = _TRAIN.intensity_scale,
+    intensity_scale_trainable: Annotated[bool, typer.Option(help="Learn log_scale.")] = _MODEL.intensity_scale_trainable,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = _kw(runs.run_train, "accelerator"),
+    devices: Annotated[int, typer.Option(help="Number of devices (torch: Lightning DDP when > 1).")] = _kw(runs.run_train, "devices"),
+    deterministic: Annotated[bool, typer.Option(help="Framework deterministic mode.")] = _TRAIN.deterministic,
+    precision: Annotated[str, typer.Option(help="float32 or float64. float64: parity verification (slow).")] = _TRAIN.precision,
+    seed: Annotated[int, typer.Option(help="Seed of grouping, split, shuffle and init.")] = _TRAIN.seed,
+    log_patch_stats: Annotated[bool, typer.Option(help="Log patch.* statistics.")] = _kw(runs.run_train, "log_patch_stats"),
+    patch_stats_limit: Annotated[int, typer.Option(help="Groups in the statistics and debug dump.")] = _TRAIN.patch_stats_limit,
+    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = _kw(runs.run_train, "debug_dump"),
     init_from: Annotated[Optional[str], typer.Option(help="Start from this bundle's weights (path or URI).")] = None,
-    register: Annotated[bool, typer.Option(help="Register the bundle as ptyparity-<backend>.")] = True,
-    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    register: Annotated[bool, typer.Option(help="Register the bundle as ptyparity-<backend>.")] = _kw(runs.run_train, "register"),
+    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = _kw(runs.run_train, "measurement"),
+    force: Annotated[bool, typer.Option(help="Train on data that cannot be photon counts (see ptyparity inspect).")] = _kw(runs.run_train, "force"),
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = _kw(runs.run_train, "quiet"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
 ):
     """Train one backend and record the run, its bundle and its registered model."""
-    with _user_errors():
-        from ptyparity.config import BACKENDS, ModelConfig, TrainConfig
-        from ptyparity.workflows import run_train
+    with _user_errors(tracked=True):
+        from ptyparity.config import BACKENDS
 
         if backend not in BACKENDS:
             raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -173,9 +208,10 @@ def train(
                           max_epochs=max_epochs, learning_rate=learning_rate, loss_mode=loss_mode,
                           intensity_scale_mode=intensity_scale_mode, intensity_scale=intensity_scale, seed=seed,
                           deterministic=deterministic, patch_stats_limit=patch_stats_limit, precision=precision)
-        result = run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment, run_name=run_name,
-                           quiet=quiet, accelerator=accelerator, devices=devices, log_patch_stats=log_patch_stats,
-                           debug_dump=debug_dump, init_from=init_from, register=register, measurement=measurement)
+        result = runs.run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment,
+                                run_name=run_name, quiet=quiet, accelerator=accelerator, devices=devices,
+                                log_patch_stats=log_patch_stats, debug_dump=debug_dump, init_from=init_from,
+                                register=register, measurement=measurement, force=force)
     m = result.final_metrics
     typer.echo(f"trained {backend}: train_deviance {m['train_deviance']:.4g}, val_deviance {m['val_deviance']:.4g}"
                + (f", test_deviance {m['test_deviance_initial']:.4g} -> {m['test_deviance']:.4g}"
@@ -184,7 +220,8 @@ def train(
                f"collapsed {m['patch.amp.collapsed_fraction']:.0%}")
     typer.echo(f"  run id:    {result.run_id}")
     typer.echo(f"  model:     {result.model_uri}"
-               + (f"  (models:/ptyparity-{backend}/{result.registered_version})" if result.registered_version else ""))
+               + (f"  (models:/{names.registered_model_name(backend)}/{result.registered_version})"
+                  if result.registered_version else ""))
     _echo_links(result.run_id)
 
 
@@ -192,24 +229,22 @@ def train(
 def infer(
     model: Annotated[str, typer.Option(help="models:/ptyparity-<backend>/<version|@alias>, runs:/<id>/model or a bundle dir.")],
     data: Annotated[Path, typer.Option(help="Raw NPZ to reconstruct.")],
-    backend: Annotated[Optional[str], typer.Option(help="Run on this backend instead of the bundle's own (auto: the bundle's).")] = None,
-    patch_stats_limit: Annotated[Optional[int], typer.Option(help="Groups in the statistics and debug dump.")] = None,
-    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = True,
-    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = "auto",
-    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    backend: Annotated[str, typer.Option(help="torch, tensorflow, or auto: the bundle's own.")] = "auto",
+    patch_stats_limit: Annotated[Optional[int], typer.Option(help="Groups in the statistics and debug dump (default: the training's).")] = _kw(runs.run_infer, "patch_stats_limit"),
+    debug_dump: Annotated[bool, typer.Option(help="Log taps.npz, patch_stats.json and patch grids.")] = _kw(runs.run_infer, "debug_dump"),
+    measurement: Annotated[str, typer.Option(help="auto, amplitude or intensity.")] = _kw(runs.run_infer, "measurement"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
 ):
     """Reconstruct a dataset with a trained bundle and record an ``infer`` run."""
-    with _user_errors():
+    with _user_errors(tracked=True):
         from ptyparity.config import BACKENDS
-        from ptyparity.workflows import run_infer
 
-        if backend in ("", "auto"):
-            backend = None
+        backend = None if backend in ("", "auto") else backend
         if backend is not None and backend not in BACKENDS:
-            raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        result = run_infer(model, data, backend=backend, experiment=experiment, run_name=run_name,
-                           debug_dump=debug_dump, patch_stats_limit=patch_stats_limit, measurement=measurement)
+            raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)} or auto; got {backend!r}")
+        result = runs.run_infer(model, data, backend=backend, experiment=experiment, run_name=run_name,
+                                debug_dump=debug_dump, patch_stats_limit=patch_stats_limit, measurement=measurement)
     m = result.metrics
     if "gt.amp.ssim" in m:
         typer.echo(f"reconstructed: SSIM amp {m['gt.amp.ssim']:.3f} (flat {m['gt.amp.ssim_flat']:.3f}), "
@@ -232,39 +267,40 @@ def compare(
     forward: Annotated[bool, typer.Option(help="Forward mode: same weights in both backends, per-tap errors.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Forward mode: the bundle (models:/…, runs:/… or path).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Forward mode: data for the batch (default: simulated).")] = None,
-    ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of the scale factors and patch mean.")] = 0.10,
-    var_ratio_max_factor: Annotated[float, typer.Option(help="torch/tf var_zero_mean must lie in [1/F, F].")] = 1.5,
-    canvas_amp_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas amplitude SSIM.")] = 0.75,
-    canvas_phase_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas phase SSIM.")] = 0.65,
-    collapsed_fraction_max: Annotated[float, typer.Option(help="Allowed share of collapsed patches.")] = 0.25,
-    tap_tolerance: Annotated[float, typer.Option(help="Forward mode: max relative tap error.")] = 1e-4,
-    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of the scale factors and patch mean.")] = DEFAULT_THRESHOLDS["ratio_tolerance"],
+    var_ratio_max_factor: Annotated[float, typer.Option(help="torch/tf var_zero_mean must lie in [1/F, F].")] = DEFAULT_THRESHOLDS["var_ratio_max_factor"],
+    canvas_amp_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas amplitude SSIM.")] = DEFAULT_THRESHOLDS["canvas_amp_ssim_min"],
+    canvas_phase_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas phase SSIM.")] = DEFAULT_THRESHOLDS["canvas_phase_ssim_min"],
+    collapsed_fraction_max: Annotated[float, typer.Option(help="Allowed share of collapsed patches.")] = DEFAULT_THRESHOLDS["collapsed_fraction_max"],
+    tap_tolerance: Annotated[float, typer.Option(help="Forward mode: max relative tap error.")] = _kw(runs.run_compare_forward, "tolerance"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
 ):
-    """Give a pass/fail parity verdict for a torch/tensorflow pair (exit 0 pass, 1 fail, 2 error)."""
-    with _user_errors():
-        from ptyparity.workflows import run_compare, run_compare_forward
-
+    """Give the parity verdict of a torch/tensorflow pair (exit 0 pass, 1 fail or inconclusive, 2 error)."""
+    with _user_errors(tracked=True):
         if forward:
             if not model:
                 raise PtyparityError("--forward needs --model (models:/ptyparity-torch/<version>, runs:/… or a path)")
-            result = run_compare_forward(model, data_path=data, tolerance=tap_tolerance, experiment=experiment,
-                                         run_name=run_name)
+            result = runs.run_compare_forward(model, data_path=data, tolerance=tap_tolerance, experiment=experiment,
+                                              run_name=run_name)
         else:
             thresholds = {"ratio_tolerance": ratio_tolerance, "var_ratio_max_factor": var_ratio_max_factor,
                           "canvas_amp_ssim_min": canvas_amp_ssim_min, "canvas_phase_ssim_min": canvas_phase_ssim_min,
                           "collapsed_fraction_max": collapsed_fraction_max}
-            result = run_compare(torch_run_id=torch_run, tf_run_id=tf_run, pair_key=pair_key, latest=latest,
-                                 allow_mismatch=allow_mismatch, thresholds=thresholds, experiment=experiment,
-                                 run_name=run_name)
-    if result.status == "error":
+            result = runs.run_compare(torch_run_id=torch_run, tf_run_id=tf_run, pair_key=pair_key, latest=latest,
+                                      allow_mismatch=allow_mismatch, thresholds=thresholds, experiment=experiment,
+                                      run_name=run_name)
+    if result.verdict == "error":
         typer.echo(f"error: {result.reason} (compare run {result.run_id})", err=True)
         raise typer.Exit(code=2)
-    typer.echo(f"parity: {result.status.upper()}"
-               + (f" (failed: {', '.join(result.failed_checks)})" if result.failed_checks else ""))
+    statuses = f"parity {result.parity_status}" + (f", quality {result.quality_status}" if result.quality_status
+                                                   else "")
+    typer.echo(f"verdict: {result.verdict.upper()}  ({statuses})"
+               + (f"  failed: {', '.join(result.failed_checks)}" if result.failed_checks else ""))
     for c in result.checks:
-        typer.echo(f"  {'ok  ' if c.passed else 'FAIL'} {c.name:36s} {c.value:<12.5g} threshold {c.threshold:g}"
-                   + (f"  {c.detail}" if not c.passed and c.detail else ""))
+        mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[c.status]
+        typer.echo(f"  {mark} {c.name:36s} {c.value:<12.5g} threshold {c.threshold:g}"
+                   + (f"  {c.detail}" if mark != "ok  " and c.detail else ""))
     if forward and result.reason:
         typer.echo(f"  first divergent tap: {result.reason}")
     typer.echo(f"  compare run: {result.run_id}")
@@ -274,29 +310,28 @@ def compare(
 
 @app.command()
 def pipeline(
-    preset: Annotated[str, typer.Option(help="small (CPU, minutes) or full (N=64, f=2, thousands of groups: a GPU job).")] = "small",
-    out_dir: Annotated[Path, typer.Option(help="Directory of the simulated data (reused when present).")] = Path("data"),
-    seed: Annotated[int, typer.Option(help="Seed of simulation and training.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Simulate again even if the data exists.")] = False,
-    n_groups: Annotated[Optional[int], typer.Option(help="Override the preset's training groups.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
-    devices: Annotated[int, typer.Option(help="Devices per training (torch: DDP when > 1).")] = 1,
-    quiet: Annotated[bool, typer.Option(help="Hide the steps' own output.")] = False,
-    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = "ptyparity",
+    preset: Annotated[str, typer.Option(help="small (CPU, minutes) or full (N=64, f=2, thousands of groups: a GPU job).")] = _kw(runs.run_pipeline, "preset"),
+    out_dir: Annotated[Path, typer.Option(help="Directory of the simulated data (reused when present).")] = Path(_kw(runs.run_pipeline, "out_dir")),
+    seed: Annotated[int, typer.Option(help="Seed of simulation and training.")] = _kw(runs.run_pipeline, "seed"),
+    overwrite: Annotated[bool, typer.Option(help="Simulate again even if the data exists.")] = _kw(runs.run_pipeline, "overwrite"),
+    n_groups: Annotated[int, typer.Option(help="Override the preset's training groups (0: the preset's).")] = 0,
+    max_epochs: Annotated[int, typer.Option(help="Override the preset's epochs (0: the preset's).")] = 0,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = _kw(runs.run_pipeline, "accelerator"),
+    devices: Annotated[int, typer.Option(help="Devices per training (torch: DDP when > 1).")] = _kw(runs.run_pipeline, "devices"),
+    quiet: Annotated[bool, typer.Option(help="Hide the steps' own output.")] = _kw(runs.run_pipeline, "quiet"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
 ):
     """The default pipeline: simulate, train both backends, infer both, compare.
 
     Each step is a nested MLflow run under one ``pipeline`` run and runs in its own
-    process; exits 0 when the pair passes, 1 when it fails, 2 on an error.
+    process; exits 0 when the verdict is pass, 1 when it is fail or inconclusive, 2 on
+    an error.
     """
-    with _user_errors():
-        from ptyparity.workflows import run_pipeline
-
-        result = run_pipeline(preset=preset, out_dir=out_dir, seed=seed, overwrite=overwrite, experiment=experiment,
-                              quiet=quiet, accelerator=accelerator, devices=devices,
-                              overrides={"n_groups": n_groups, "max_epochs": max_epochs}, echo=typer.echo)
-    typer.echo(f"verdict: {result.status.upper()}")
+    with _user_errors(tracked=True):
+        result = runs.run_pipeline(preset=preset, out_dir=out_dir, seed=seed, overwrite=overwrite,
+                                   experiment=experiment, quiet=quiet, accelerator=accelerator, devices=devices,
+                                   overrides={"n_groups": n_groups, "max_epochs": max_epochs}, echo=typer.echo)
+    typer.echo(f"verdict: {result.verdict.upper()}  (parity {result.parity_status})")
     for key, run_id in result.runs.items():
         typer.echo(f"  {key:18s} {run_id}")
     typer.echo(f"  pipeline run       {result.run_id}")

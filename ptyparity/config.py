@@ -23,6 +23,18 @@ INTENSITY_SCALE_MODES = ("dataset", "closed_form")
 BACKENDS = ("torch", "tensorflow")
 PRECISIONS = ("float32", "float64")  # float64: parity verification only (see TrainConfig.precision)
 
+# Upstream conventions (SPEC §9): one ModelConfig field per way the real PtychoPINN differs
+# from SPEC. The first value of each is the SPEC choice and the default.
+HEAD_LAYOUTS = ("spec", "ptychopinn")
+PROBE_NORMALIZATIONS = ("spec", "ptychopinn")
+INPUT_NORMALIZATIONS = ("dataset", "per_set")
+MERGE_NORMALIZATIONS = ("spec", "ptychopinn")
+CONVENTION_CHOICES = {"head_layout": HEAD_LAYOUTS, "probe_normalization": PROBE_NORMALIZATIONS,
+                      "input_normalization": INPUT_NORMALIZATIONS, "merge_normalization": MERGE_NORMALIZATIONS}
+SPEC_CONVENTIONS = {name: choices[0] for name, choices in CONVENTION_CHOICES.items()}
+# What a model imported from PtychoPINN (ptyparity.ptychopinn) carries.
+PTYCHOPINN_CONVENTIONS = {name: choices[1] for name, choices in CONVENTION_CHOICES.items()}
+
 
 def _check_choice(name, value, allowed):
     if value not in allowed:
@@ -42,6 +54,24 @@ class ModelConfig:
     merge_weighting: str = "support"
     max_offset: int = 0  # canvas margin for object_big; resolved from the scan step at training
     intensity_scale_trainable: bool = False
+    # --- upstream conventions (SPEC §9); the SPEC value is the default of each ---------------
+    # "ptychopinn": each head's last conv reads the decoder's channels except the last
+    # HEAD_BORDER_CHANNELS (= 4); with probe_big a second branch on those 4 channels,
+    # conv(2048/N f)+ReLU, conv+ReLU, upsample2, conv to C, swish, times the border mask (zero on
+    # the central N/2 window), is added to the zero-padded first branch. Shapes:
+    # architecture.conv_layers; forward: reference_network.head.
+    head_layout: str = "spec"
+    # "ptychopinn": P = probeGuess / (4 mean|disk probeGuess|), disk = pixel centres within N/4 of
+    # the array centre (normalization.ptychopinn_probe_norm) instead of SPEC §2's energy rule.
+    probe_normalization: str = "spec"
+    # "per_set": input_norm is recomputed on every set of groups the model is run on, so that the
+    # mean over the set's (group, channel) patterns of sum X**2 is (N/2)**2
+    # (normalization.set_input_norm); "dataset": fixed from the training data (SPEC §2).
+    input_normalization: str = "dataset"
+    # "ptychopinn": the merge sums the padded patches unweighted and divides by the merged centred
+    # N/2 window + 1e-3 (physics.merge_weight_pair). It equals SPEC's support weighting unless
+    # probe_big (where SPEC's support is all ones); needs merge_weighting "support".
+    merge_normalization: str = "spec"
 
     def __post_init__(self):
         _check_choice("N", self.N, PATCH_SIZES)
@@ -52,6 +82,16 @@ class ModelConfig:
         _check_choice("merge_weighting", self.merge_weighting, MERGE_WEIGHTINGS)
         if self.max_offset < 0:
             raise PtyparityError(f"max_offset must be >= 0, got {self.max_offset}")
+        for name, choices in CONVENTION_CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
+        if self.merge_normalization == "ptychopinn" and self.merge_weighting != "support":
+            raise PtyparityError("merge_normalization 'ptychopinn' merges unweighted patches; "
+                                 f"it needs merge_weighting 'support', got {self.merge_weighting!r}")
+
+    @property
+    def conventions(self):
+        """The upstream-convention fields as a dict (``SPEC_CONVENTIONS`` by default)."""
+        return {name: getattr(self, name) for name in CONVENTION_CHOICES}
 
     @property
     def channels(self):
@@ -118,7 +158,21 @@ def model_config_from_dict(values):
     return ModelConfig(**values)
 
 
+def _without_default_conventions(values):
+    """``values`` minus convention fields at their SPEC default, at the top level and in a
+    nested ``model`` dict, so configs hashed before the fields existed keep their hash."""
+    out = {k: v for k, v in values.items() if not (k in SPEC_CONVENTIONS and v == SPEC_CONVENTIONS[k])}
+    if isinstance(out.get("model"), dict):
+        out["model"] = _without_default_conventions(out["model"])
+    return out
+
+
 def config_hash(values):
-    """Short sha256 of a JSON-able, backend-independent config dict."""
+    """Short sha256 of a JSON-able, backend-independent config dict.
+
+    Convention fields (``CONVENTION_CHOICES``) at their SPEC default are left out, so the
+    hash (and every ``pair_key``) of a SPEC config is what it was before they existed.
+    """
+    values = _without_default_conventions(dict(values))
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

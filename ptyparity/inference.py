@@ -7,19 +7,65 @@ in NumPy, batched identically for both backends, and stitched by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from ptyparity import physics
+from ptyparity import normalization, physics
 from ptyparity.backends import load_backend
+from ptyparity.config import TrainConfig
+from ptyparity.names import STITCH_TAP
 from ptyparity.stitching import stitch_patches
 from ptyparity.training import group_batch, inference_set
 
-STITCH_TAP = "object_extracted"
+
+def train_config_from_dict(values, model_cfg):
+    """The :class:`TrainConfig` a bundle was trained with, from its ``train_config``.
+
+    Keys the dict lacks (a bundle written before the field existed) take the
+    dataclass default, the one place defaults live; keys this version does not know
+    are ignored (they cannot change how this version runs the model).
+
+    Parameters
+    ----------
+    values : dict
+        ``dataclasses.asdict(TrainConfig)`` as stored in ``bundle.json``.
+    model_cfg : ModelConfig
+        The bundle's verified model config (used instead of ``values["model"]``).
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    return TrainConfig(model=model_cfg, **{k: v for k, v in values.items() if k in known})
 
 
-def forward_groups(api, model, diff3d, groups, scales, *, which=None, batch_size=64, keep=None):
+def run_input_norm(diff3d, groups, scales, which=None, *, input_normalization="dataset"):
+    """The ``input_norm`` a model runs groups ``which`` with.
+
+    Parameters
+    ----------
+    diff3d : ndarray, shape (M, N, N)
+    groups : Groups
+    scales : Scales
+        The bundle's scalars.
+    which : ndarray of int, optional
+        The set of groups being run (default all).
+    input_normalization : {"dataset", "per_set"}
+        The model config's choice: "dataset" is ``scales.input_norm`` (fixed at training,
+        SPEC §2); "per_set" (upstream PtychoPINN) is recomputed on this set of groups with
+        :func:`ptyparity.normalization.model_input_norm`, so it depends on which groups are run.
+
+    Returns
+    -------
+    input_norm : float
+    """
+    if input_normalization == "dataset":
+        return scales.input_norm
+    which = np.arange(len(groups)) if which is None else np.asarray(which)
+    return normalization.model_input_norm(raw_groups(diff3d, groups, which), input_normalization=input_normalization)
+
+
+def forward_groups(api, model, diff3d, groups, scales, *, which=None, batch_size=64, keep=None,
+                   input_normalization="dataset"):
     """Run ``model`` over ``groups`` in batches and gather taps.
 
     Parameters
@@ -35,6 +81,10 @@ def forward_groups(api, model, diff3d, groups, scales, *, which=None, batch_size
     batch_size : int
     keep : sequence of str, optional
         Taps to keep (default all).
+    input_normalization : {"dataset", "per_set"}
+        The model config's ``input_normalization``; "per_set" computes one factor over all
+        of ``which`` (not per batch) with :func:`run_input_norm`, as upstream does for the
+        set it is given.
 
     Returns
     -------
@@ -42,10 +92,11 @@ def forward_groups(api, model, diff3d, groups, scales, *, which=None, batch_size
         Concatenated along the group axis, canonical layout.
     """
     which = np.arange(len(groups)) if which is None else np.asarray(which)
+    norm = run_input_norm(diff3d, groups, scales, which, input_normalization=input_normalization)
     out = {}
     for start in range(0, len(which), batch_size):
         sel = which[start : start + batch_size]
-        scaled, rel = group_batch(diff3d, groups, sel, input_norm=scales.input_norm, data_scale=scales.data_scale)
+        scaled, rel = group_batch(diff3d, groups, sel, input_norm=norm, data_scale=scales.data_scale)
         taps = api.forward(model, scaled, rel, keep=keep)
         for k, v in taps.items():
             out.setdefault(k, []).append(v)
@@ -98,6 +149,11 @@ class Reconstructor:
     def scales(self):
         return self.bundle.scales
 
+    @property
+    def train_cfg(self):
+        """The bundle's :class:`TrainConfig` (see :func:`train_config_from_dict`)."""
+        return train_config_from_dict(self.bundle.train_cfg, self.model_cfg)
+
     def backend_name(self, backend=None):
         return backend or self.bundle.backend or "torch"
 
@@ -111,9 +167,8 @@ class Reconstructor:
 
     def groups_for(self, data):
         """Inference groups for ``data`` with the bundle's grouping settings."""
-        tc = self.bundle.train_cfg
-        return inference_set(data, self.model_cfg, neighbor_count=int(tc.get("neighbor_count", 7)),
-                             seed=int(tc.get("seed", 0)))
+        tc = self.train_cfg
+        return inference_set(data, self.model_cfg, neighbor_count=tc.neighbor_count, seed=tc.seed)
 
     def check_data(self, data):
         from ptyparity.errors import PtyparityError
@@ -128,7 +183,14 @@ class Reconstructor:
         api, model = self.model(backend)
         groups = self.groups_for(data) if groups is None else groups
         return forward_groups(api, model, data.diff3d, groups, self.scales, which=which, keep=keep,
-                              batch_size=batch_size)
+                              batch_size=batch_size, input_normalization=self.model_cfg.input_normalization)
+
+    def input_norm(self, data, *, which=None, groups=None):
+        """The ``input_norm`` :meth:`taps` runs groups ``which`` of ``data`` with: the bundle's
+        for "dataset" models, recomputed on that set for "per_set" ones (:func:`run_input_norm`)."""
+        groups = self.groups_for(data) if groups is None else groups
+        return run_input_norm(data.diff3d, groups, self.scales, which,
+                              input_normalization=self.model_cfg.input_normalization)
 
     def reconstruct(self, data, *, backend=None, batch_size=64):
         """Stitch the whole dataset.

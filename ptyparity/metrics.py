@@ -70,8 +70,12 @@ def _scores(pred, ref, *, wrapped=False):
         # PSNR/SSIM on the wrapped difference: pred is re-expressed as ref + d.
         pred = ref + diff
     mse = float(np.mean(diff**2))
-    psnr = PSNR_CAP_DB if mse == 0 else min(
-        PSNR_CAP_DB, float(peak_signal_noise_ratio(ref, pred, data_range=data_range)))
+    if not np.isfinite(mse):
+        psnr = float("nan")  # min(cap, nan) would report a NaN canvas as identical
+    elif mse == 0:
+        psnr = PSNR_CAP_DB
+    else:
+        psnr = min(PSNR_CAP_DB, float(peak_signal_noise_ratio(ref, pred, data_range=data_range)))
     win = min(7, *ref.shape)
     win -= 1 - win % 2  # SSIM needs an odd window no larger than the image
     ssim = float(structural_similarity(ref, pred, data_range=data_range, win_size=win))

@@ -15,12 +15,16 @@ import math
 
 import numpy as np
 
+# The SPEC normalisation rules moved to ptyparity.normalization; re-exported for old callers.
+from ptyparity.normalization import INTENSITY_SCALE_MODES, input_norm, intensity_scale, probe_norm  # noqa: F401
+
 # Stabilisers fixed by the contract; both backends use the same constants.
 MERGE_EPS = 1e-3
 AMPLITUDE_EPS = 1e-12
 LOG_EPS = 1e-8
 
 MERGE_WEIGHTINGS = ("support", "probe")
+MERGE_NORMALIZATIONS = ("spec", "ptychopinn")
 
 
 def _out_dtype(*arrays):
@@ -120,6 +124,11 @@ def support_mask(n, *, probe_big=False):
     return mask
 
 
+def border_mask(n):
+    """``1 - support_mask(n)``, (n, n) float32: where the ``ptychopinn`` probe_big branch adds."""
+    return (1.0 - support_mask(n)).astype(np.float32)
+
+
 def probe_disk_mask(n):
     """Hard disk of radius ``n/4`` centred at pixel ``(n/2, n/2)``, shape (n, n)."""
     yy, xx = np.mgrid[0:n, 0:n]
@@ -161,7 +170,27 @@ def merge_weights(probe, *, probe_big=False, merge_weighting="support"):
     return (m * p2 / p2.max()).astype(np.float32)
 
 
-def merge_patches(patches, rel, weights, max_offset):
+def merge_weight_pair(probe, *, probe_big=False, merge_weighting="support", merge_normalization="spec"):
+    """Numerator and count weights ``(w_num, w_cnt)``, each (N, N) float32, of the merge.
+
+    ``merge_normalization`` "spec": both are :func:`merge_weights` (same other arguments).
+    "ptychopinn" (upstream; needs ``merge_weighting = "support"``): patches summed
+    unweighted (``w_num = 1``), counted with the centred N/2 window (``w_cnt =
+    support_mask(N)`` whatever ``probe_big``). Without probe_big the patches are zero
+    outside that window, so both conventions give the same canvas.
+    """
+    if merge_normalization not in MERGE_NORMALIZATIONS:
+        raise ValueError(f"merge_normalization must be one of {MERGE_NORMALIZATIONS}, got {merge_normalization!r}")
+    if merge_normalization == "spec":
+        w = merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting)
+        return w, w
+    if merge_weighting != "support":
+        raise ValueError(f"merge_normalization 'ptychopinn' needs merge_weighting 'support', got {merge_weighting!r}")
+    n = probe.shape[-1]
+    return np.ones((n, n), np.float32), support_mask(n)
+
+
+def merge_patches(patches, rel, weights, max_offset, *, count_weights=None):
     """Merge each group's C patches onto a padded canvas (``object_big``).
 
     Parameters
@@ -174,11 +203,14 @@ def merge_patches(patches, rel, weights, max_offset):
         Merge weights from :func:`merge_weights`.
     max_offset : int
         Canvas margin: the canvas side is ``Pd = N + 2 * max_offset``.
+    count_weights : ndarray, shape (N, N), optional
+        Weights ``w_cnt`` of the denominator when they differ from ``weights``
+        (:func:`merge_weight_pair`); default ``weights``.
 
     Returns
     -------
     canvas : ndarray, shape (B, Pd, Pd), complex
-        ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w), rel_c) + 1e-3)``.
+        ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w_cnt), rel_c) + 1e-3)``.
     """
     patches = np.asarray(patches)
     b, n, _, c = patches.shape
@@ -189,7 +221,8 @@ def merge_patches(patches, rel, weights, max_offset):
     planes = np.moveaxis(patches, -1, 1)  # (B, C, N, N)
     w = np.asarray(weights, dtype=np.float64)
     num = translate(pad_center(planes.astype(np.complex128) * w, size), rel).sum(axis=1)
-    cnt = translate(pad_center(np.broadcast_to(w, (b, c, n, n)), size), rel).sum(axis=1)
+    w_cnt = w if count_weights is None else np.asarray(count_weights, dtype=np.float64)
+    cnt = translate(pad_center(np.broadcast_to(w_cnt, (b, c, n, n)), size), rel).sum(axis=1)
     return (num / (cnt + MERGE_EPS)).astype(_out_dtype(patches), copy=False)
 
 
@@ -307,74 +340,11 @@ def mae_loss(amplitude, target_amplitude, log_scale):
     return float(np.mean(np.abs(pred - np.asarray(target_amplitude, np.float64))))
 
 
-# --- normalisation (SPEC §2) -------------------------------------------------------
-
-INTENSITY_SCALE_MODES = ("dataset", "closed_form")
-
-
-def input_norm(diff3d):
-    """Factor that gives the training diffraction a mean pattern energy ``(N/2)**2``.
-
-    Parameters
-    ----------
-    diff3d : ndarray, shape (M, N, N)
-        Measured amplitudes.
-
-    Returns
-    -------
-    input_norm : float
-        ``sqrt((N/2)**2 / mean_m sum_xy diff3d**2)``.
-    """
-    diff3d = np.asarray(diff3d)
-    n = diff3d.shape[-1]
-    energy = np.mean(np.sum(diff3d.astype(np.float64) ** 2, axis=(-2, -1)))
-    if not energy > 0:
-        raise ValueError("diffraction data has zero energy; input_norm is undefined")
-    return float(math.sqrt((n / 2) ** 2 / energy))
-
-
-def probe_norm(probe):
-    """Factor that lets an object of amplitude 0.5 reproduce the mean data energy.
-
-    ``sqrt((N/2)**2 / (0.5**2 * sum_xy |probe|**2))`` for ``probe`` of shape (N, N),
-    computed on the probe the model actually uses (after masking).
-    """
-    probe = np.asarray(probe)
-    n = probe.shape[-1]
-    power = float(np.sum(np.abs(probe.astype(np.complex128)) ** 2))
-    if not power > 0:
-        raise ValueError("probe is all zeros; probe_norm is undefined")
-    return float(math.sqrt((n / 2) ** 2 / (0.25 * power)))
-
-
-def intensity_scale(mode, *, input_norm, n, nphotons=None):
-    """The fixed scale ``s`` from normalised input ``X`` to count units.
-
-    Parameters
-    ----------
-    mode : {"dataset", "closed_form"}
-        ``dataset``: ``s = 1 / input_norm`` (so ``s * X == diff3d``);
-        ``closed_form``: ``s = sqrt(nphotons) / (N/2)``.
-    input_norm : float
-    n : int
-        Patch size N.
-    nphotons : float, optional
-        Mean photons per pattern; required for ``closed_form``.
-    """
-    if mode not in INTENSITY_SCALE_MODES:
-        raise ValueError(f"intensity_scale_mode must be one of {INTENSITY_SCALE_MODES}, got {mode!r}")
-    if mode == "dataset":
-        return float(1.0 / input_norm)
-    if nphotons is None or not nphotons > 0:
-        raise ValueError("intensity_scale_mode 'closed_form' needs nphotons > 0")
-    return float(math.sqrt(nphotons) / (n / 2))
-
-
 # --- the physics half of the network, end to end -----------------------------------
 
 
 def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset=0,
-                    merge_weighting="support", probe_big=False, log_scale=0.0):
+                    merge_weighting="support", probe_big=False, log_scale=0.0, merge_normalization="spec"):
     """Everything after the network's heads: patches to predicted amplitudes.
 
     Parameters
@@ -393,6 +363,8 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     probe_big : bool
     log_scale : float
         ``exp(log_scale)`` turns model amplitudes into count units.
+    merge_normalization : {"spec", "ptychopinn"}
+        See :func:`merge_weight_pair`.
 
     Returns
     -------
@@ -407,8 +379,9 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     if object_big:
         if rel is None:
             raise ValueError("object_big needs rel offsets of shape (B, C, 2)")
-        w = merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting)
-        canvas = merge_patches(obj, rel, w, max_offset)
+        w_num, w_cnt = merge_weight_pair(probe, probe_big=probe_big, merge_weighting=merge_weighting,
+                                         merge_normalization=merge_normalization)
+        canvas = merge_patches(obj, rel, w_num, max_offset, count_weights=w_cnt)
         taps["object_canvas"] = canvas
         extracted = extract_patches(canvas, rel, obj.shape[1])
     else:

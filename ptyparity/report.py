@@ -182,6 +182,54 @@ def parity_canvas_figure(torch_canvas, tf_canvas, torch_count, tf_count):
     return fig
 
 
+def tap_error_figure(errors, tolerance):
+    """Per-tap relative error bars (log scale, forward order top to bottom) with the tolerance line.
+
+    ``errors``: ``{implementation: {tap: max|ours - ref| / max|ref|}}``, every inner dict in the
+    same forward order.
+    """
+    plt = _plt()
+    taps = list(next(iter(errors.values())))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(taps) + 1.6))
+    height = 0.8 / len(errors)
+    floor = np.finfo(np.float64).tiny
+    for i, (name, errs) in enumerate(errors.items()):
+        values = [max(float(errs[t]), floor) if np.isfinite(errs[t]) else 1.0 for t in taps]
+        ax.barh(np.arange(len(taps)) + i * height, values, height=height, label=name)
+    ax.axvline(tolerance, color="red", linestyle="--", label=f"tolerance {tolerance:g}")
+    ax.set_xscale("log")
+    ax.set_yticks(np.arange(len(taps)) + 0.4 - height / 2, taps, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("max|ours - reference| / max|reference|")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tap_difference_figure(reference, ours, *, title=""):
+    """First image of one tap: the reference, ours and ``|ours - reference|`` (complex taps by modulus).
+
+    ``reference``, ``ours``: the same shape, ``(..., H, W, C)`` stacks (the first image is
+    ``[0, ..., 0]``) or one image ``(H, W)``.
+    """
+    plt = _plt()
+
+    def image(x):
+        x = np.asarray(x)
+        while x.ndim > 2:
+            x = x[0] if x.ndim > 3 else x[..., 0]
+        return x
+
+    ref, mine = image(reference), image(ours)
+    show = (lambda x: np.abs(x)) if np.iscomplexobj(ref) or np.iscomplexobj(mine) else (lambda x: x)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    _panel(fig, axes[0], show(ref), f"{title} reference" + (" |.|" if np.iscomplexobj(ref) else ""))
+    _panel(fig, axes[1], show(mine), f"{title} ours")
+    _panel(fig, axes[2], np.abs(mine - ref), "|ours - reference|", cmap="magma")
+    fig.tight_layout()
+    return fig
+
+
 def variance_histogram_figure(variances):
     """Histograms of per-patch amplitude variance, one per backend, log-spaced bins."""
     plt = _plt()
@@ -201,16 +249,26 @@ def variance_histogram_figure(variances):
 
 
 def parity_html(summary, pngs):
-    """A self-contained HTML report: verdict, every check, embedded figures."""
+    """A self-contained HTML report: verdict, every check, embedded figures.
+
+    Parameters
+    ----------
+    summary : dict
+        ``parity/summary.json`` of a compare run (``verdict``, ``parity_status``,
+        ``quality_status``, ``checks`` as :meth:`ptyparity.parity.Check.as_dict`, …).
+    pngs : dict of bytes
+        Figure key -> PNG bytes, embedded in this order.
+    """
     import base64
     import html
 
-    status = summary["status"]
-    colour = {"pass": "#1a7f37", "fail": "#cf222e"}.get(status, "#9a6700")
+    verdict = summary["verdict"]
+    colour = {"pass": "#1a7f37", "fail": "#cf222e"}.get(verdict, "#9a6700")
+    marks = {"pass": ("ok", "&#10003;"), "fail": ("bad", "&#10007;"), "skipped": ("skip", "&ndash;")}
     rows = []
     for c in summary["checks"]:
-        mark = "&#10003;" if c["pass"] else "&#10007;"
-        rows.append(f"<tr class='{'ok' if c['pass'] else 'bad'}'><td>{mark}</td><td>{html.escape(c['name'])}</td>"
+        css, mark = marks[c["status"]]
+        rows.append(f"<tr class='{css}'><td>{mark}</td><td>{html.escape(c['name'])}</td><td>{c['kind']}</td>"
                     f"<td>{c['value']:.6g}</td><td>{c['threshold']:.6g}</td><td>{html.escape(c['detail'])}</td></tr>")
     imgs = []
     captions = {"canvases": "Stitched canvases and difference (TF reference)",
@@ -222,23 +280,27 @@ def parity_html(summary, pngs):
         imgs.append(f"<figure><img src='data:image/png;base64,{b64}'/><figcaption>"
                     f"{html.escape(captions.get(key, key))}</figcaption></figure>")
     failed = ", ".join(summary["failed_checks"]) or "none"
+    skipped = ", ".join(summary["skipped_checks"]) or "none"
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>ptyparity: {status}</title>
+<html><head><meta charset="utf-8"><title>ptyparity: {verdict}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #1f2328; }}
 .verdict {{ font-size: 1.6em; color: white; background: {colour}; display: inline-block; padding: .2em .6em; border-radius: 6px; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #d0d7de; padding: .3em .6em; font-size: .9em; }}
 tr.bad td {{ background: #ffebe9; }}
+tr.skip td {{ color: #656d76; }}
 figure {{ display: inline-block; margin: .5em; vertical-align: top; }}
 img {{ max-width: 640px; border: 1px solid #d0d7de; }}
 </style></head><body>
 <h1>ptyparity parity report</h1>
-<p><span class="verdict" id="verdict">{status.upper()}</span></p>
-<p>Failed checks: <b id="failed">{html.escape(failed)}</b></p>
+<p><span class="verdict" id="verdict">{verdict.upper()}</span></p>
+<p>Agreement (parity.status): <b id="parity-status">{summary['parity_status']}</b>;
+ground-truth skill (quality.status): <b id="quality-status">{summary['quality_status']}</b></p>
+<p>Failed checks: <b id="failed">{html.escape(failed)}</b>; skipped: <span id="skipped">{html.escape(skipped)}</span></p>
 <p>torch infer run <code>{summary['torch_run_id']}</code> (train <code>{summary['torch_train_run_id']}</code>),
 tensorflow infer run <code>{summary['tf_run_id']}</code> (train <code>{summary['tf_train_run_id']}</code>)</p>
-<table><tr><th></th><th>check</th><th>value</th><th>threshold</th><th>detail</th></tr>
+<table><tr><th></th><th>check</th><th>kind</th><th>value</th><th>threshold</th><th>detail</th></tr>
 {''.join(rows)}
 </table>
 {''.join(imgs)}

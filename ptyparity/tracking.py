@@ -15,15 +15,20 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
 
-DEFAULT_EXPERIMENT = "ptyparity"
-TAG_PREFIX = "ptyparity."
-KINDS = ("simulate", "train", "infer", "compare", "pipeline")
+import numpy as np
+
+from ptyparity import names
+from ptyparity import tracking_preflight as preflight
+from ptyparity.errors import PtyparityError
+from ptyparity.names import DEFAULT_EXPERIMENT, KINDS, TAG_PREFIX
 
 
 def _mlflow():
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # our commands print the links
     # Store creation and migrations log at INFO; users should see our lines only.
     for name in ("mlflow.store.db.utils", "mlflow.store.model_registry", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -41,11 +46,29 @@ def tracking_uri():
     return _mlflow().get_tracking_uri()
 
 
-def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
-    """Create the store and experiment once, before child processes open it.
+_CHECKED = set()  # the URIs check_store passed in this process
 
-    Several processes opening a fresh sqlite store at once race on its schema
-    migration; calling this first in the parent makes the children's opens no-ops.
+
+def check_store(uri=None):
+    """Fail fast, in one line, when the store at ``uri`` (default: the one in effect) cannot work
+    (:func:`ptyparity.tracking_preflight.check`); once per URI and process, GETs without retries."""
+    mlflow = _mlflow()
+    uri = uri or mlflow.get_tracking_uri()
+    if uri not in _CHECKED:
+        from mlflow.tracking._tracking_service import utils
+        from mlflow.utils.rest_utils import http_request
+
+        creds = utils.get_default_host_creds(uri)
+        schemes = set(getattr(getattr(utils, "_tracking_store_registry", None), "_registry", {})) or None
+        preflight.check(uri, schemes=schemes, get=lambda endpoint, params=None: http_request(
+            creds, endpoint, "GET", max_retries=0, params=params, timeout=preflight.TIMEOUT_S, raise_on_status=False))
+        _CHECKED.add(uri)
+    return uri
+
+
+def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
+    """Check the store (:func:`check_store`), then create it and the experiment once, before
+    child processes open it (several opening a fresh sqlite store at once race on its migration).
 
     Returns
     -------
@@ -54,6 +77,7 @@ def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
     mlflow = _mlflow()
     if uri:
         mlflow.set_tracking_uri(uri)
+    check_store()
     exp = mlflow.get_experiment_by_name(experiment)
     return exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
 
@@ -98,13 +122,13 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     mlflow = _mlflow()
     experiment_id = init_store(experiment=experiment)
-    all_tags = {f"{TAG_PREFIX}kind": kind}
+    all_tags = {names.TAG_KIND: kind}
     if backend is not None:
-        all_tags[f"{TAG_PREFIX}backend"] = backend
+        all_tags[names.TAG_BACKEND] = backend
     for key, value in (tags or {}).items():
         all_tags[key if "." in key else TAG_PREFIX + key] = str(value)
     if parent_run_id is None:
-        parent_run_id = os.environ.get("PTYPARITY_PARENT_RUN_ID") or None
+        parent_run_id = os.environ.get(names.PARENT_RUN_ID_ENV) or None
     project_run = os.environ.get("MLFLOW_RUN_ID")
     if project_run and mlflow.active_run() is None:
         # Started by `mlflow run`: record into the run it created for this entry point.
@@ -113,6 +137,7 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                nested=nested or bool(parent_run_id), parent_run_id=parent_run_id, tags=all_tags)
+    _report_run_id(run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -123,6 +148,29 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def _report_run_id(run_id):
+    """Write ``run_id`` to ``$PTYPARITY_RUN_ID_FILE`` when set: how a pipeline step tells its
+    parent which run it opened (written at the start, so a failed step reports it too)."""
+    path = os.environ.get(names.RUN_ID_FILE_ENV)
+    if path:
+        with open(path, "w") as fh:
+            fh.write(run_id)
+
+
+def read_reported_run_id(path):
+    """The run id a child process wrote with :func:`_report_run_id`, or None."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def run_tag(run, key):
+    """Tag ``key`` of ``run`` (keys without a namespace get the ``ptyparity.`` prefix), or None."""
+    return run.data.tags.get(key if "." in key else TAG_PREFIX + key)
 
 
 def set_tags(tags, run_id=None):
@@ -165,10 +213,7 @@ def log_figure(fig, artifact_file):
 def log_artifact(path, artifact_path=None):
     """Log a local file (or directory) as artifact(s)."""
     mlflow = _mlflow()
-    if os.path.isdir(path):
-        mlflow.log_artifacts(path, artifact_path)
-    else:
-        mlflow.log_artifact(path, artifact_path)
+    (mlflow.log_artifacts if os.path.isdir(path) else mlflow.log_artifact)(path, artifact_path)
 
 
 def log_npz(arrays, artifact_file):
@@ -176,8 +221,6 @@ def log_npz(arrays, artifact_file):
     directory, name = os.path.split(artifact_file)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
-        import numpy as np
-
         np.savez_compressed(path, **arrays)
         _mlflow().log_artifact(path, directory or None)
 
@@ -193,7 +236,16 @@ def log_dataset(data, *, name, digest, source, context):
 
     features = {"positions": data.positions.astype("float32"), "diff3d": data.diff3d}
     dataset = mlflow.data.from_numpy(features, source=os.path.abspath(source), name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    from mlflow.exceptions import MlflowException
+    # Runs logging one dataset at once race on the store's check-then-insert of its row: the
+    # loser's transaction rolls back on the unique key; one more try finds the row and links it.
+    conflict = ("duplicate key", "UNIQUE constraint", "Duplicate entry")  # PostgreSQL, SQLite, MySQL
+    for attempt in range(3):
+        try:
+            return mlflow.log_input(dataset, context=context)
+        except MlflowException as exc:
+            if attempt == 2 or not any(k in str(exc) for k in conflict):
+                raise
 
 
 def run_links(run_id):
@@ -211,8 +263,6 @@ def run_links(run_id):
 def log_series(key, values, *, start_step=0):
     """Log a whole metric history (one key, one value per step) in few requests."""
     mlflow = _mlflow()
-    import time
-
     from mlflow.entities import Metric
 
     run_id = mlflow.active_run().info.run_id
@@ -237,14 +287,12 @@ def log_bundle_model(bundle_dir, *, registered_model_name=None, pip_requirements
     import mlflow.pyfunc
 
     code = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tracking_pyfunc.py")
-    info = mlflow.pyfunc.log_model(name="model", python_model=code, artifacts={"bundle": bundle_dir},
+    info = mlflow.pyfunc.log_model(name=names.MODEL_ARTIFACT, python_model=code, artifacts={"bundle": bundle_dir},
                                    registered_model_name=registered_model_name,
                                    pip_requirements=pip_requirements or [])
     run_id = mlflow.active_run().info.run_id
-    version = None
-    if registered_model_name:
-        version = str(info.registered_model_version)
-    return f"runs:/{run_id}/model", version
+    version = str(info.registered_model_version) if registered_model_name else None
+    return f"runs:/{run_id}/{names.MODEL_ARTIFACT}", version
 
 
 def download_model(uri):
@@ -253,14 +301,11 @@ def download_model(uri):
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from ptyparity.errors import PtyparityError
-
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PtyparityError(f"{uri}: cannot fetch the model ({first}); check the name, version or alias "
-                             f"and MLFLOW_TRACKING_URI") from None
+        raise PtyparityError(f"{uri}: cannot fetch the model ({preflight.first_line(exc)}); check the name, "
+                             "version or alias and MLFLOW_TRACKING_URI") from None
 
 
 def model_version_of(uri):
@@ -274,17 +319,13 @@ def model_version_of(uri):
         name, alias = rest.split("@", 1)
         return name, str(client.get_model_version_by_alias(name, alias).version)
     name, _, version = rest.partition("/")
-    if version.isdigit():
-        return name, version
-    return None
+    return (name, version) if version.isdigit() else None
 
 
 def get_run(run_id):
     """The run, or a one-line error naming the unknown id."""
     mlflow = _mlflow()
     from mlflow.exceptions import MlflowException
-
-    from ptyparity.errors import PtyparityError
 
     try:
         return mlflow.get_run(run_id)
@@ -305,10 +346,7 @@ def search_runs(filters, *, experiment=DEFAULT_EXPERIMENT, max_results=1000, fin
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    parts = []
-    for key, value in filters.items():
-        key = key if "." in key else TAG_PREFIX + key
-        parts.append(f"tags.`{key}` = '{value}'")
+    parts = [f"tags.`{k if '.' in k else TAG_PREFIX + k}` = '{v}'" for k, v in filters.items()]
     if finished_only:
         parts.append("attributes.status = 'FINISHED'")
     return mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(parts),
@@ -321,8 +359,6 @@ def download_artifact(run_id, path):
     mlflow = _mlflow()
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
-
-    from ptyparity.errors import PtyparityError
 
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
@@ -356,11 +392,6 @@ def registered_version_of_run(name, run_id):
     client = _mlflow().MlflowClient()
     versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     return str(max(int(v.version) for v in versions)) if versions else None
-
-
-def child_runs(parent_run_id, *, experiment=DEFAULT_EXPERIMENT, **filters):
-    """Runs nested under ``parent_run_id`` matching ``ptyparity.*`` tag filters, newest first."""
-    return search_runs({"mlflow.parentRunId": parent_run_id, **filters}, experiment=experiment)
 
 
 def experiment_name(run):

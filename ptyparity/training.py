@@ -4,7 +4,8 @@ Everything that must be identical in both backends is computed here, once, in
 NumPy: the groups, the train/validation split, the per-epoch batch order, the
 normalisation scalars, the model probe, the batches themselves and the learning
 rate plateau rule. A backend only runs forward, loss, backward and step on what
-this module hands it.
+this module hands it. :func:`fit_model` runs a backend's fit and returns what it
+produced (weights, the scales in effect, the history); it records nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptyparity import physics
+from ptyparity import normalization, physics
+from ptyparity.architecture import LOG_SCALE
 from ptyparity.config import TrainConfig
 from ptyparity.errors import PtyparityError
 from ptyparity.grouping import Groups, default_max_offset, group_positions, inference_groups
@@ -52,17 +54,30 @@ class Scales:
         return math.log(self.intensity_scale)
 
 
-def compute_scales(data, cfg: TrainConfig):
-    """Normalisation scalars from the training data and the config (SPEC §2)."""
+def compute_scales(data, cfg: TrainConfig, groups: Groups | None = None):
+    """Normalisation scalars from the training data and the config (SPEC §2).
+
+    ``input_normalization`` "dataset" takes ``input_norm`` from every pattern of ``data``
+    once; "per_set" (upstream PtychoPINN) from the training ``groups`` (all of them, the
+    validation groups included, a pattern counted once per group it is in), computed once
+    for the run as upstream computes it once over its training container
+    (:func:`ptyparity.normalization.set_input_norm`).
+    """
     n = data.N
-    norm = physics.input_norm(data.diff3d)
+    if cfg.model.input_normalization == "per_set":
+        if groups is None:
+            raise ValueError("input_normalization 'per_set' needs the training groups")
+        norm = normalization.set_input_norm(np.moveaxis(data.diff3d[groups.indices], 1, -1))
+    else:
+        norm = physics.input_norm(data.diff3d)
     nphotons = float(data.extras["nphotons"]) if "nphotons" in data.extras else data.nphotons
     if cfg.intensity_scale is not None:
         s = float(cfg.intensity_scale)
     else:
         s = physics.intensity_scale(cfg.intensity_scale_mode, input_norm=norm, n=n, nphotons=nphotons)
     probe = physics.effective_probe(data.probe, probe_mask=cfg.model.probe_mask)
-    return Scales(input_norm=norm, data_scale=s, intensity_scale=s, probe_norm=physics.probe_norm(probe),
+    probe_norm = normalization.model_probe_norm(probe, probe_normalization=cfg.model.probe_normalization)
+    return Scales(input_norm=norm, data_scale=s, intensity_scale=s, probe_norm=probe_norm,
                   nphotons=nphotons)
 
 
@@ -171,7 +186,7 @@ def prepare(data, cfg: TrainConfig):
                              "raise --n-groups")
     perm = np.random.default_rng(cfg.seed).permutation(len(groups))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    scales = compute_scales(data, cfg)
+    scales = compute_scales(data, cfg, groups)
     probe = model_probe(data.probe, scales, probe_mask=model.probe_mask)
     return TrainingSet(cfg=cfg, diff3d=data.diff3d, groups=groups, train_idx=train_idx, val_idx=val_idx,
                        scales=scales, probe=probe)
@@ -281,3 +296,71 @@ class HistoryHooks(TrainHooks):
         for key in EPOCH_KEYS:
             self.history[key].append(metrics[key])
         self.hooks.on_epoch_end(epoch, metrics)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one training produced.
+
+    Attributes
+    ----------
+    weights : dict of ndarray
+        Canonical weights after training (all finite).
+    scales : Scales
+        The training set's scales with ``intensity_scale = exp(log_scale)`` of
+        ``weights``: the scale in effect, which a bundle persists.
+    history : dict of list of float
+        :data:`EPOCH_KEYS` per epoch and :data:`STEP_KEYS` per step.
+    step_loss, step_deviance : tuple of float
+        ``train_step_loss`` / ``train_step_deviance`` of every optimiser step.
+    """
+
+    weights: dict
+    scales: Scales
+    history: dict
+    step_loss: tuple
+    step_deviance: tuple
+
+
+def final_scales(scales: Scales, weights):
+    """``scales`` with ``intensity_scale`` set to ``exp(log_scale)`` of ``weights``.
+
+    Equal to ``scales`` unless the scale was trainable (float32 rounding aside);
+    ``data_scale`` (the fixed ``s`` of the targets) never changes.
+    """
+    return dataclasses.replace(scales, intensity_scale=float(np.exp(np.float64(weights[LOG_SCALE]))))
+
+
+def fit_model(api, model, training_set: TrainingSet, *, hooks=None, quiet=False, accelerator="cpu", devices=1):
+    """Train ``model`` with its backend and return weights, scales and history.
+
+    Parameters
+    ----------
+    api : module
+        A backend API (:func:`ptyparity.backends.load_backend`).
+    model : backend model
+        Built for ``training_set.cfg.model``; trained in place.
+    training_set : TrainingSet
+        Left unchanged (its ``scales`` are the ones training started from).
+    hooks : TrainHooks, optional
+        Receives every step and epoch as the backend reports them.
+    quiet, accelerator, devices
+        Passed to the backend's ``fit``; ``deterministic`` comes from the config.
+
+    Returns
+    -------
+    result : FitResult
+
+    Raises
+    ------
+    PtyparityError
+        When the trained weights hold NaN or inf (the training diverged).
+    """
+    history = api.fit(model, training_set, hooks, quiet=quiet, accelerator=accelerator, devices=devices,
+                      deterministic=training_set.cfg.deterministic)
+    weights = api.get_weights(model)
+    if not all(np.all(np.isfinite(w)) for w in weights.values()):
+        raise PtyparityError(f"training diverged: the weights hold NaN/inf after {len(history['train_loss'])} "
+                             "epoch(s); lower --learning-rate")
+    return FitResult(weights=weights, scales=final_scales(training_set.scales, weights), history=history,
+                     step_loss=tuple(history["train_step_loss"]), step_deviance=tuple(history["train_step_deviance"]))

@@ -39,7 +39,7 @@ def main():
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    from ptyparity import parity, tracking
+    from ptyparity import names, parity, tracking
 
     tracking.init_store()
     sh(["simulate", "--out-dir", f"{work}/data", "--no-log-data"], env)
@@ -57,7 +57,7 @@ def main():
                 "--run-name", f"infer-{name}"], env)
             (run,) = mlflow.search_runs(experiment_names=["ptyparity"],
                                         filter_string=f"attributes.run_name = 'infer-{name}'", output_format="list")
-            canvas = np.load(tracking.download_artifact(run.info.run_id, "stitched/canvas.npz"))
+            canvas = np.load(tracking.download_artifact(run.info.run_id, names.CANVAS_NPZ), allow_pickle=False)
             infer[name] = (run.data.metrics, canvas["canvas"], canvas["count"])
 
     def values(a, b):

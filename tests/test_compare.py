@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from ptyparity import bundle, tracking
 from ptyparity.cli import app
 from ptyparity.simulate import SimConfig
-from ptyparity.workflows import resolve_pair, run_compare, run_compare_forward, run_infer
+from ptyparity.runs import resolve_pair, run_compare, run_compare_forward, run_infer
 from tests.conftest import sqlite_store, write_simulated
 
 # The small preset's training, on a smaller object: a verdict on models that have not
@@ -84,28 +84,57 @@ def test_matched_pair_passes_and_is_tagged_everywhere(store):
     _, runs = store
     t, f = runs["infer_torch"].info.run_id, runs["infer_tensorflow"].info.run_id
     out = invoke("compare", "--torch-run", t, "--tf-run", f, "--run-name", "cmp-pass")
-    assert "parity: PASS" in out
+    assert "verdict: PASS  (parity pass, quality pass)" in out
     cmp = run_named("cmp-pass")
-    assert cmp.data.tags["parity.status"] == "pass" and cmp.data.tags["parity.failed_checks"] == "none"
-    assert cmp.data.tags["parity.torch_run_id"] == t and cmp.data.tags["parity.tf_run_id"] == f
+    tags = cmp.data.tags
+    assert (tags["parity.verdict"], tags["parity.status"], tags["quality.status"]) == ("pass", "pass", "pass")
+    assert tags["parity.failed_checks"] == "none" and tags["parity.skipped_checks"] == "none"
+    assert tags["parity.best_orientation"] == "identity"
+    assert tags["parity.torch_run_id"] == t and tags["parity.tf_run_id"] == f
+    assert tags["parity.torch_train_run_id"] == runs["train_torch"].info.run_id
     assert cmp.data.params["threshold.ratio_tolerance"] == "0.1"
     assert cmp.data.params["threshold.var_ratio_max_factor"] == "1.5"
-    for key in ("ratio.var_zero_mean", "canvas.amp.ssim", "torch.consistency.intensity_scale"):
+    for key in ("ratio.var_zero_mean", "canvas.amp.ssim", "torch.consistency.intensity_scale",
+                "tensorflow.gt_skill.amp"):
         assert key in cmp.data.metrics
     client = mlflow.MlflowClient()
     for run_id in (t, f):
         tags = client.get_run(run_id).data.tags
-        assert tags["parity.status"] == "pass" and tags["parity.compare_run_id"] == cmp.info.run_id
+        assert tags["parity.verdict"] == tags["parity.status"] == "pass"
+        assert tags["parity.compare_run_id"] == cmp.info.run_id
     for name in ("ptyparity-torch", "ptyparity-tensorflow"):
         version = client.get_model_version(name, "1")
-        assert version.tags["parity.status"] == "pass"
+        assert version.tags["parity.verdict"] == version.tags["parity.status"] == "pass"
         assert str(client.get_model_version_by_alias(name, "parity-passed").version) == "1"
     arts = artifact_paths(cmp.info.run_id)
     assert {"parity/summary.json", "parity/report.html", "parity/canvases.png", "parity/patch_variance.png"} <= arts
     summary = json.load(open(tracking.download_artifact(cmp.info.run_id, "parity/summary.json")))
-    assert all(c["pass"] for c in summary["checks"]) and summary["status"] == "pass"
+    assert all(c["status"] == "pass" for c in summary["checks"]) and summary["verdict"] == "pass"
+    assert {c["kind"] for c in summary["checks"]} == {"agreement", "quality"}
     html = open(tracking.download_artifact(cmp.info.run_id, "parity/report.html")).read()
     assert "PASS" in html and "data:image/png;base64," in html
+
+
+def test_perfectly_agreeing_untrained_pair_is_inconclusive(store):
+    # One untrained bundle run by both backends: every agreement check passes, neither side
+    # beats the flat guess, so the pair proves nothing about skill: inconclusive, exit 1, no alias.
+    root, _ = store
+    invoke("train", "--backend", "torch", "--train-data", root / "train.npz", "--n-groups", "32", "--max-epochs", "1",
+           "--n-filters-scale", "1", "--learning-rate", "1e-12", "--no-register", "--quiet", "--run-name",
+           "untrained-both")
+    uri = f"runs:/{run_named('untrained-both').info.run_id}/model"
+    ids = {b: run_infer(uri, root / "test.npz", backend=b, run_name=f"untrained-{b}").run_id
+           for b in ("torch", "tensorflow")}
+    out = CliRunner().invoke(app, ["compare", "--torch-run", ids["torch"], "--tf-run", ids["tensorflow"],
+                                   "--run-name", "cmp-untrained"])
+    assert out.exit_code == 1, out.output
+    assert "verdict: INCONCLUSIVE  (parity pass, quality fail)" in out.output
+    tags = run_named("cmp-untrained").data.tags
+    assert (tags["parity.verdict"], tags["parity.status"], tags["quality.status"]) == ("inconclusive", "pass",
+                                                                                      "fail")
+    assert set(tags["parity.failed_checks"].split(",")) == {f"{b}.gt_skill.{p}" for b in ("torch", "tensorflow")
+                                                            for p in ("amp", "phase")}
+    assert mlflow.MlflowClient().get_run(ids["torch"]).data.tags["parity.verdict"] == "inconclusive"
 
 
 def test_pair_key_and_latest_find_the_pair(store):
@@ -124,7 +153,8 @@ def test_forced_intensity_scale_fails_consistency(store, tmp_path):
     (edited / "bundle.json").write_text(json.dumps(meta))
     forced = run_infer(str(edited), root / "test.npz", run_name="forced", verify=False)
     result = run_compare(torch_run_id=forced.run_id, tf_run_id=runs["infer_tensorflow"].info.run_id)
-    assert result.status == "fail" and result.exit_code == 1
+    assert result.parity_status == "fail" and result.verdict == "fail" and result.exit_code == 1
+    assert mlflow.get_run(result.run_id).data.tags["parity.status"] == "fail"
     assert {"torch.consistency.intensity_scale", "torch.consistency.mean_input_scale",
             "ratio.mean_input_scale"} <= set(result.failed_checks)
     detail = next(c.detail for c in result.checks if c.name == "torch.consistency.intensity_scale")
@@ -139,7 +169,7 @@ def test_mirrored_canvas_fails_orientation(store, tmp_path):
     np.savez(path, canvas=canvas["canvas"][::-1, ::-1], count=canvas["count"][::-1, ::-1], pos=canvas["pos"])
     mlflow.MlflowClient().log_artifact(res.run_id, str(path), "stitched")
     result = run_compare(torch_run_id=res.run_id, tf_run_id=runs["infer_tensorflow"].info.run_id)
-    assert result.status == "fail" and "canvas.orientation" in result.failed_checks
+    assert result.parity_status == "fail" and "canvas.orientation" in result.failed_checks
     assert mlflow.get_run(result.run_id).data.tags["parity.best_orientation"] == "mirrored_180"
 
 
@@ -150,10 +180,11 @@ def test_untrained_vs_trained_fails(store):
     untrained = run_named("untrained")
     res = run_infer(f"runs:/{untrained.info.run_id}/model", root / "test.npz", run_name="infer-untrained")
     refused = run_compare(torch_run_id=res.run_id, tf_run_id=runs["infer_tensorflow"].info.run_id)
-    assert refused.status == "error" and "pair keys differ" in refused.reason  # different learning rate
+    assert refused.verdict == refused.parity_status == "error" and refused.exit_code == 2
+    assert "pair keys differ" in refused.reason  # different learning rate
     result = run_compare(torch_run_id=res.run_id, tf_run_id=runs["infer_tensorflow"].info.run_id,
                          allow_mismatch=True)
-    assert result.status == "fail"
+    assert result.parity_status == "fail" and result.verdict == "fail"
     assert "ratio.var_zero_mean" in result.failed_checks or "canvas.amp.ssim" in result.failed_checks
     assert mlflow.get_run(result.run_id).data.tags["parity.allow_mismatch"] == "true"
 
@@ -169,6 +200,7 @@ def test_mismatched_pair_keys_are_refused_from_the_cli(store):
     cmp = mlflow.search_runs(experiment_names=["ptyparity"], filter_string="tags.`parity.status` = 'error'",
                              order_by=["attributes.start_time DESC"], output_format="list")[0]
     assert cmp.info.status == "FINISHED" and cmp.data.tags["ptyparity.kind"] == "compare"
+    assert cmp.data.tags["parity.verdict"] == "error"
 
 
 def test_unknown_run_id_is_one_line(store):
@@ -179,14 +211,14 @@ def test_unknown_run_id_is_one_line(store):
 
 def test_forward_mode_passes_and_names_the_perturbed_tap(store, monkeypatch):
     ok = run_compare_forward("models:/ptyparity-torch/1")
-    assert ok.status == "pass", [(c.name, c.value) for c in ok.checks]
+    assert ok.verdict == ok.parity_status == "pass" and ok.exit_code == 0, [(c.name, c.value) for c in ok.checks]
     assert max(c.value for c in ok.checks) <= 1e-4
     from ptyparity.backends.torch import ops
 
     original = ops.translate
-    monkeypatch.setattr(ops, "translate", lambda img, shift: original(img, -shift))  # a sign flip
+    monkeypatch.setattr(ops, "translate", lambda img, shift, **kw: original(img, -shift, **kw))  # a sign flip
     bad = run_compare_forward("models:/ptyparity-torch/1")
-    assert bad.status == "fail" and bad.reason == "object_canvas"
+    assert bad.verdict == "fail" and bad.exit_code == 1 and bad.reason == "object_canvas"
     assert mlflow.get_run(bad.run_id).data.tags["parity.first_divergent_tap"] == "object_canvas"
     # taps before the merge still agree: the report points at the op that broke
     assert all(c.passed for c in bad.checks if c.name in ("forward.encoder_input", "forward.amp_patches"))

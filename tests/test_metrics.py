@@ -58,3 +58,12 @@ def test_covered_region_is_the_common_bounding_box():
     assert (rows.start, rows.stop, cols.start, cols.stop) == (3, 8, 2, 6)
     with pytest.raises(ValueError, match="no pixel is covered"):
         metrics.covered_region(np.zeros((4, 4)))
+
+
+
+def test_nan_canvas_scores_nan_psnr_not_the_cap(obj):
+    pred = obj.copy()
+    pred[5, 7] = np.nan
+    scores = metrics.compare_canvases(pred, obj, full(obj))
+    assert np.isnan(scores["amp.psnr"]) and np.isnan(scores["phase.psnr"])
+    assert metrics.compare_canvases(obj, obj, full(obj))["amp.psnr"] == metrics.PSNR_CAP_DB

@@ -37,11 +37,18 @@ def test_mlflow_run_main_builds_parent_and_children(tmp_path, tracking_uri):
     assert kinds == [("compare", ""), ("infer", "tensorflow"), ("infer", "torch"), ("simulate", ""),
                      ("train", "tensorflow"), ("train", "torch")]
     assert all(r.info.status == "FINISHED" for r in children)
-    status = parent.data.tags["parity.status"]
-    assert status in ("pass", "fail")
+    status, verdict = parent.data.tags["parity.status"], parent.data.tags["parity.verdict"]
+    assert status in ("pass", "fail") and verdict in ("pass", "fail", "inconclusive")
     (compare,) = [r for r in children if r.data.tags["ptyparity.kind"] == "compare"]
-    assert compare.data.tags["parity.status"] == status
-    assert out.returncode == (0 if status == "pass" else 1)
-    # `mlflow run` marks its run FAILED when the entry point exits non-zero (a fail verdict).
-    assert parent.info.status == ("FINISHED" if status == "pass" else "FAILED")
-    assert client.get_run(parent.info.run_id).data.tags["pipeline.compare"] == compare.info.run_id
+    assert compare.data.tags["parity.status"] == status and compare.data.tags["parity.verdict"] == verdict
+    assert out.returncode == (0 if verdict == "pass" else 1)
+    # `mlflow run` marks its run FAILED when the entry point exits non-zero (fail or inconclusive).
+    assert parent.info.status == ("FINISHED" if verdict == "pass" else "FAILED")
+    # the ids the steps reported themselves (no tag search) are the children's
+    stored = client.get_run(parent.info.run_id).data.tags
+    for (kind, backend), key in ((("compare", ""), "compare"), (("train", "torch"), "train_torch"),
+                                 (("train", "tensorflow"), "train_tensorflow"), (("infer", "torch"), "infer_torch"),
+                                 (("infer", "tensorflow"), "infer_tensorflow")):
+        (child,) = [r for r in children if (r.data.tags["ptyparity.kind"], r.data.tags.get("ptyparity.backend", ""))
+                    == (kind, backend)]
+        assert stored[f"pipeline.{key}"] == child.info.run_id, key

@@ -67,3 +67,16 @@ def test_param_text_is_stable():
     assert tracking.param_text(True) == "true"
     assert tracking.param_text(2) == "2" and tracking.param_text(2.0) == "2.0"
     assert tracking.param_text(None) == "none"
+
+
+def test_a_run_reports_its_id_to_the_file_the_parent_names(tracking_uri, tmp_path, monkeypatch):
+    # How a pipeline step tells the parent process its run id (no tag search).
+    target = tmp_path / "run_id"
+    monkeypatch.setenv("PTYPARITY_RUN_ID_FILE", str(target))
+    with pytest.raises(RuntimeError):
+        with tracking.start_run("simulate", run_name="reports") as run:
+            assert tracking.read_reported_run_id(target) == run.info.run_id  # written at the start
+            raise RuntimeError("a failed step still reported its run")
+    (stored,) = mlflow.search_runs(experiment_names=["ptyparity"], output_format="list")
+    assert tracking.read_reported_run_id(target) == stored.info.run_id and stored.info.status == "FAILED"
+    assert tracking.read_reported_run_id(tmp_path / "never-written") is None

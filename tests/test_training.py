@@ -82,3 +82,52 @@ def test_plateau_rule_halves_after_two_flat_epochs():
 
 def test_weighted_mean():
     assert training.weighted_mean([1.0, 4.0], [3, 1]) == pytest.approx(1.75)
+
+
+def test_final_scales_reads_the_trained_log_scale_and_keeps_the_rest():
+    start = training.Scales(input_norm=0.01, data_scale=100.0, intensity_scale=100.0, probe_norm=2.0, nphotons=1e6)
+    trained = training.final_scales(start, {"log_scale": np.float32(math.log(250.0))})
+    assert trained.intensity_scale == pytest.approx(250.0, rel=1e-6)
+    assert (trained.data_scale, trained.input_norm, trained.probe_norm) == (100.0, 0.01, 2.0)
+    assert start.intensity_scale == 100.0
+
+
+class _Epochs(training.TrainHooks):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, metrics):
+        self.epochs.append((epoch, metrics["intensity_scale"]))
+
+
+def _fit(data, **kw):
+    from ptyparity import architecture
+    from ptyparity.backends import load_backend
+
+    cfg = training.resolve_config(TrainConfig(model=ModelConfig(N=32, gridsize=2, n_filters_scale=1,
+                                                                intensity_scale_trainable=kw.pop("trainable", False)),
+                                              n_groups=40, max_epochs=2, **kw), data)
+    ts = training.prepare(data, cfg)
+    start = ts.scales
+    api = load_backend("torch")
+    model = api.build(cfg.model, ts.probe, architecture.init_weights(cfg.model, seed=0, log_scale=start.log_scale))
+    hooks = _Epochs()
+    return ts, start, hooks, training.fit_model(api, model, ts, hooks=hooks, quiet=True)
+
+
+def test_fit_model_returns_weights_scales_history_and_leaves_the_training_set(data):
+    ts, start, hooks, fit = _fit(data, trainable=True, learning_rate=1e-2)
+    assert ts.scales is start  # the training set is not mutated
+    assert fit.scales.intensity_scale == pytest.approx(float(np.exp(np.float64(fit.weights["log_scale"]))), rel=1e-12)
+    assert fit.scales.intensity_scale != pytest.approx(start.intensity_scale, rel=1e-6)  # it was trained
+    assert fit.scales.data_scale == start.data_scale
+    assert all(np.all(np.isfinite(w)) for w in fit.weights.values())
+    assert len(fit.history["train_loss"]) == 2 and [e for e, _ in hooks.epochs] == [0, 1]
+    assert hooks.epochs[-1][1] == pytest.approx(fit.scales.intensity_scale, rel=1e-6)
+    assert len(fit.step_loss) == len(fit.step_deviance) == 2 * ts.steps_per_epoch
+    assert list(fit.step_loss) == fit.history["train_step_loss"]
+
+
+def test_fit_model_refuses_diverged_weights(data):
+    with pytest.raises(PtyparityError, match="training diverged: the weights hold NaN/inf after 2 epoch"):
+        _fit(data, learning_rate=1e30)

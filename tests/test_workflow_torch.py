@@ -124,7 +124,7 @@ def test_infer_run_records_scales_canvas_and_gt(trained, store):
 
 
 def test_edited_scale_is_refused_and_forced_shifts_statistics(trained, store, tmp_path, capsys):
-    from ptyparity.workflows import run_infer
+    from ptyparity.runs import run_infer
 
     local = bundle.resolve("models:/ptyparity-torch/1")
     edited = tmp_path / "edited"

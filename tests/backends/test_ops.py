@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from ptyparity import physics
-from tests.conftest import OP_RTOL, assert_close_rel
+from ptyparity.backends import contract
+from ptyparity.errors import PtyparityError
+from tests.conftest import F64_RTOL, OP_RTOL, assert_close_rel
 
 N = 32
 GRIDSIZE = 2
@@ -173,9 +175,9 @@ def test_predicted_intensity_is_channel_last(backend_ops, rng):
     psi = np.zeros((1, N, N, C), np.complex64)
     psi[0, :, :, 1] = 1.0
     out = _run(backend_ops, "predicted_intensity", psi)
-    assert out[0, N // 2, N // 2, 1] == pytest.approx(N**2, rel=1e-6)  # |N**2|**2 / N**2 at DC
+    assert out[0, N // 2, N // 2, 1] == pytest.approx(N**2, rel=OP_RTOL)  # |N**2|**2 / N**2 at DC
     assert out[..., [0, 2, 3]].max() == 0.0
-    assert out[0, :, :, 1].sum() == pytest.approx(N**2, rel=1e-6)  # energy preserved
+    assert out[0, :, :, 1].sum() == pytest.approx(N**2, rel=OP_RTOL)  # energy preserved
 
 
 def test_diffract(backend_ops, rng):
@@ -287,3 +289,77 @@ def test_to_backend_dtypes_and_round_trip(backend_ops, rng):
         back = backend_ops.to_numpy(backend_ops.to_backend(arr))
         assert back.dtype == expected and back.shape == arr.shape
         np.testing.assert_array_equal(back, arr.astype(expected))
+
+
+# --- precision: an explicit argument, the same in both backends -------------------------
+
+
+def _double_inputs(rng):
+    """Arguments of every op in float64 / complex128 (name -> (args, kwargs))."""
+    cplx = lambda shape: rng.normal(size=shape) + 1j * rng.normal(size=shape)  # noqa: E731
+    probe = _probe(N).astype(np.complex128) * (1 + 1e-3 * rng.normal(size=(N, N)))
+    rel = _group_rel(rng, 3).astype(np.float64)
+    psi = cplx((2, N, N, C))
+    inten = rng.exponential(3.0, size=(2, N, N, C))
+    target = np.sqrt(rng.poisson(6.0, size=(2, N, N, C))).astype(np.float64)
+    amp = rng.uniform(0.05, 0.95, size=(2, N, N, C))
+    return {
+        "tent_matrix": ((N, 2.3712345),), "translate": ((cplx((2, C, N, N)), rng.uniform(-5, 5, (2, C, 2))),),
+        "pad_center": ((cplx((2, N, N)), N + 13),), "crop_center": ((cplx((2, N, N)), N // 2),),
+        "merge_weights": ((probe,), {"merge_weighting": "probe"}),
+        "merge_patches": ((cplx((3, N, N, C)), rel, physics.support_mask(N).astype(np.float64), MAX_OFFSET),),
+        "extract_patches": ((cplx((3, N + 2 * MAX_OFFSET, N + 2 * MAX_OFFSET)), rel, N),),
+        "illuminate": ((psi, probe),), "predicted_intensity": ((psi,),), "diffract": ((psi,),),
+        "predicted_amplitude": ((inten,),), "poisson_loss": ((inten, target, LOG_SCALE),),
+        "poisson_saturated": ((target,),), "poisson_deviance": ((inten, target, LOG_SCALE),),
+        "mae_loss": ((amp, target, LOG_SCALE),),
+        "forward_physics": ((amp, rng.uniform(-3, 3, size=amp.shape), probe),
+                            {"rel": rel[:2], "object_big": True, "max_offset": MAX_OFFSET, "log_scale": LOG_SCALE}),
+    }
+
+
+def _single(x):
+    """Float64 / complex128 arrays rounded to float32 / complex64 (anything else as is)."""
+    table = {np.dtype(np.float64): np.float32, np.dtype(np.complex128): np.complex64}
+    return x.astype(table[x.dtype]) if isinstance(x, np.ndarray) and x.dtype in table else x
+
+
+def _merge_weights_float64(probe):
+    p2 = np.abs(probe) ** 2
+    return physics.support_mask(N) * p2 / p2.max()
+
+
+@pytest.mark.parametrize("name", contract.OP_NAMES)
+def test_every_op_computes_in_the_precision_it_is_given(backend_ops, rng, name):
+    """``precision="float64"``: float64 / complex128 out, the reference's values to float64
+    rounding; the default, float32: float32 / complex64 out of the same double inputs,
+    the reference's values on those inputs rounded to float32 within SPEC §1's tolerance."""
+    args, *rest = _double_inputs(rng)[name]
+    kwargs = rest[0] if rest else {}
+    double = backend_ops.to_numpy if name != "forward_physics" else lambda taps: {
+        k: backend_ops.to_numpy(v) for k, v in taps.items()}
+    out64 = double(getattr(backend_ops, name)(*args, precision="float64", **kwargs))
+    out32 = double(getattr(backend_ops, name)(*args, **kwargs))
+    if name == "forward_physics":  # the reference rounds its object patches to complex64
+        reference = physics.forward_physics(*args, **kwargs)
+        for tap, ref in reference.items():
+            assert out64[tap].dtype == (np.complex128 if np.iscomplexobj(ref) else np.float64), tap
+            assert out32[tap].dtype == (np.complex64 if np.iscomplexobj(ref) else np.float32), tap
+            assert_close_rel(out64[tap], ref, OP_RTOL, tap)
+        return
+    reference = np.asarray(_merge_weights_float64(args[0]) if name == "merge_weights"
+                           else getattr(physics, name)(*args, **kwargs))
+    reference32 = np.asarray(_merge_weights_float64(_single(args[0])) if name == "merge_weights"
+                             else getattr(physics, name)(*map(_single, args), **kwargs))
+    assert out64.dtype == (np.complex128 if np.iscomplexobj(reference) else np.float64)
+    assert out32.dtype == (np.complex64 if np.iscomplexobj(reference) else np.float32)
+    assert_close_rel(out64, reference, F64_RTOL, f"{name} float64")
+    assert_close_rel(out32, reference32, OP_RTOL, f"{name} float32")
+    assert not np.array_equal(out32, out64)  # really two precisions
+
+
+@pytest.mark.parametrize("name", [*contract.OP_NAMES, "to_backend"])
+def test_an_unknown_precision_is_one_error(backend_ops, rng, name):
+    args, *rest = _double_inputs(rng)[name] if name != "to_backend" else ((np.zeros(3),),)
+    with pytest.raises(PtyparityError, match="precision must be one of float32, float64; got 'half'"):
+        getattr(backend_ops, name)(*args, precision="half", **(rest[0] if rest else {}))

@@ -1,23 +1,20 @@
 """Training parity: the torch and TensorFlow backends, started from the same
 canonical weights on the same TrainingSet, take the same optimisation path (SPEC §5).
 
-What "the same" can mean in float32 is measured, not assumed. Adam normalises every
-gradient to a step of about ``lr``, including gradients that are pure rounding noise,
-and ReLU switches amplify the resulting differences: two runs of *one* backend whose
-starting weights differ by a single ulp drift apart by ~1e-3 relative in the step
-deviance after 15-20 steps (measured: 2.2e-3 torch, 2.1e-3 TF, N=32 f=1 gridsize 2,
-336 groups). So the checks are:
+Two kinds of claim, two kinds of check (``tests/README.md``):
 
-- step 0 (identical weights, one forward): equal to float32 rounding;
-- steps 0-4, before the noise is amplified: <= 1e-4 (Keras' stock Adam, whose
-  epsilon sits under the bias correction, fails this at step 3: 2.5e-4);
-- steps 0-9: <= 1e-3;
-- steps 0-19: <= 1e-3 or, where float32 chaos already exceeds that, within 5x of
-  the same-backend one-ulp divergence measured in the same test.
-
-With ``TrainConfig(precision="float64")`` (the parity-verification precision) the
-rounding noise is ~1e-16, so the issue's criterion, 1e-3 relative over the first 20
-steps, is asserted literally (measured: ~5e-16 over the whole 20-step epoch).
+- The math is the same: exact, so asserted in float64
+  (``TrainConfig(precision="float64")``, the parity-verification precision), where the
+  per-step values agree to ~1e-16 and the bound is ``F64_RTOL``. This is what catches a
+  real difference: Keras' stock Adam, whose epsilon sits under the bias correction,
+  puts the float64 step deviances 8e-6 apart after one step and 4e-4 after two.
+- Float32 runs agree "within the noise": Adam normalises every gradient to a step of
+  about ``lr``, including gradients that are pure rounding noise, and ReLU switches
+  amplify the differences, so two runs of *one* backend whose starting weights differ
+  by a single ulp drift apart by ~1e-3 relative within 20 steps (oneDNN or Eigen
+  kernels alike; the kernels themselves differ between CPUs). Every float32 bound is
+  ``FLOOR_FACTOR`` times that one-ulp drift of both backends, measured in the same
+  test over the same steps; none is a constant tuned on one machine.
 """
 
 import importlib
@@ -28,26 +25,25 @@ import torch
 
 from ptyparity import architecture
 from ptyparity.config import ModelConfig, TrainConfig
-from ptyparity.simulate import SimConfig, simulate
 from ptyparity.training import TrainHooks, prepare, resolve_config
+from tests.backends.helpers import raw_data
+from tests.conftest import F64_RTOL, TAP_RTOL, assert_within_floor, noise_floor, one_ulp, rel_diff
 
 STEPS = 20
-EARLY_STEPS, EARLY_RTOL = 5, 1e-4
-MID_STEPS, STEP_RTOL = 10, 1e-3
-FLOOR_FACTOR = 5.0
+WINDOWS = (5, 10, STEPS)  # steps 0-4 (before the noise is amplified), 0-9, 0-19
+STEP_RTOL = 1e-3  # issue 4's criterion over the first 20 steps, asserted in float64
 
 
-@pytest.fixture(scope="module")
-def raw():
-    train, _ = simulate(SimConfig(N=32, object_size_px=96, seed=0))
-    return train
-
-
-def training_set(raw, *, n_groups, loss_mode="poisson", trainable=False, precision="float32"):
+def training_set(*, n_groups, loss_mode="poisson", trainable=False, precision="float32"):
+    raw = raw_data()
     model = ModelConfig(N=32, gridsize=2, n_filters_scale=1, object_big=True, intensity_scale_trainable=trainable)
     cfg = resolve_config(TrainConfig(model=model, n_groups=n_groups, batch_size=16, max_epochs=1,
                                      loss_mode=loss_mode, deterministic=True, seed=0, precision=precision), raw)
     return prepare(raw, cfg)
+
+
+def start_weights(ts):
+    return architecture.init_weights(ts.cfg.model, seed=ts.cfg.seed, log_scale=ts.scales.log_scale)
 
 
 def train(backend, ts, weights):
@@ -57,84 +53,75 @@ def train(backend, ts, weights):
     return history, api.get_weights(model)
 
 
-def one_ulp(weights, seed=5):
-    """Every weight moved by one float32 ulp, up or down at random (``log_scale`` kept)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, w in weights.items():
-        w = np.asarray(w, np.float32)
-        if name == architecture.LOG_SCALE:
-            out[name] = w
-            continue
-        direction = np.where(rng.random(w.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
-        out[name] = np.nextafter(w, direction).astype(np.float32)
-    return out
+def train_with_floor(ts, weights):
+    """Both backends from ``weights``, and each again from ``one_ulp(weights)``.
+
+    Returns ``(tf, torch, drifts)``: the two ``(history, weights)`` results and a function
+    ``drifts(key, steps)`` giving each backend's one-ulp drift of ``history[key]``
+    (relative, over ``steps``), the noise floor of the comparison."""
+    runs = {(b, ulp): train(b, ts, one_ulp(weights) if ulp else weights)
+            for b in ("tensorflow", "torch") for ulp in (False, True)}
+
+    def drifts(key, steps=slice(None)):
+        return [rel_diff(runs[(b, True)][0][key], runs[(b, False)][0][key])[steps] for b in ("tensorflow", "torch")]
+
+    return runs[("tensorflow", False)], runs[("torch", False)], drifts
 
 
-def step_rel_diff(a, b):
-    a = np.asarray(a["train_step_deviance"], np.float64)
-    b = np.asarray(b["train_step_deviance"], np.float64)
-    assert a.shape == b.shape
-    return np.abs(a - b) / np.abs(b)
-
-
-def test_per_step_deviance_agrees_across_backends(raw, record_property):
-    ts = training_set(raw, n_groups=336)
+def test_per_step_deviance_agrees_across_backends(record_property):
+    ts = training_set(n_groups=336)
     assert ts.steps_per_epoch >= STEPS
-    weights = architecture.init_weights(ts.cfg.model, seed=ts.cfg.seed, log_scale=ts.scales.log_scale)
-    tf_hist, _ = train("tensorflow", ts, weights)
-    torch_hist, _ = train("torch", ts, weights)
-    floor_hist, _ = train("torch", ts, one_ulp(weights))
-
-    rel = step_rel_diff(tf_hist, torch_hist)
-    floor = step_rel_diff(floor_hist, torch_hist)
-    summary = {
-        "max_rel_steps_1_5": float(rel[:EARLY_STEPS].max()),
-        "max_rel_steps_1_10": float(rel[:MID_STEPS].max()),
-        "max_rel_steps_1_20": float(rel[:STEPS].max()),
-        "max_rel_run": float(rel.max()),
-        "torch_one_ulp_max_rel_steps_1_20": float(floor[:STEPS].max()),
-    }
-    print("per-step train_step_deviance, |tf - torch| / |torch|:", np.array2string(rel, precision=2))
-    print("torch vs torch with every weight 1 ulp off:          ", np.array2string(floor, precision=2))
-    print(summary)
-    for key, value in summary.items():
-        record_property(key, value)
-
-    assert rel[0] <= 1e-6, "identical weights and batch must give the same step-0 deviance"
-    assert rel[:EARLY_STEPS].max() <= EARLY_RTOL, f"steps 1-{EARLY_STEPS}: {rel[:EARLY_STEPS]}"
-    assert rel[:MID_STEPS].max() <= STEP_RTOL, f"steps 1-{MID_STEPS}: {rel[:MID_STEPS]}"
-    bound = max(STEP_RTOL, FLOOR_FACTOR * floor[:STEPS].max())
-    assert rel[:STEPS].max() <= bound, f"steps 1-{STEPS}: {rel[:STEPS]} exceeds {bound:.2e} (floor {floor})"
-    # Epoch-level bookkeeping agrees too.
-    assert tf_hist["learning_rate"] == torch_hist["learning_rate"]
+    (tf_hist, _), (torch_hist, _), drifts = train_with_floor(ts, start_weights(ts))
+    rel = rel_diff(tf_hist["train_step_deviance"], torch_hist["train_step_deviance"])
+    tf_drift, torch_drift = drifts("train_step_deviance")
+    print("per-step train_step_deviance, |tf - torch| / |torch|:", np.array2string(rel, precision=1))
+    print("tf with every weight 1 ulp off:                      ", np.array2string(tf_drift, precision=1))
+    print("torch with every weight 1 ulp off:                   ", np.array2string(torch_drift, precision=1))
+    for steps in WINDOWS:
+        floor = noise_floor(*drifts("train_step_deviance", slice(steps)))
+        record_property(f"max_rel_steps_1_{steps}", float(rel[:steps].max()))
+        record_property(f"one_ulp_floor_steps_1_{steps}", floor)
+        assert_within_floor(rel[:steps], floor, f"steps 1-{steps}")
+    # step 0 is one forward pass with identical weights: SPEC §8's forward contract
+    # (the exact claim, <= 1e-12, is the float64 test's)
+    assert rel[0] <= TAP_RTOL
+    assert_within_floor(rel_diff(tf_hist["val_deviance"], torch_hist["val_deviance"]),
+                        noise_floor(*drifts("val_deviance")), "val_deviance")
+    assert tf_hist["learning_rate"] == torch_hist["learning_rate"]  # epoch bookkeeping is exact
     assert tf_hist["intensity_scale"] == torch_hist["intensity_scale"]  # frozen log_scale
-    np.testing.assert_allclose(tf_hist["val_deviance"], torch_hist["val_deviance"], rtol=1e-2)
 
 
 @pytest.mark.parametrize("loss_mode, trainable", [("poisson", True), ("mae", False)])
-def test_early_steps_agree_in_other_modes(raw, loss_mode, trainable):
-    """The trainable ``log_scale`` path and the MAE loss, over the pre-chaos window."""
-    ts = training_set(raw, n_groups=96, loss_mode=loss_mode, trainable=trainable)
-    assert ts.steps_per_epoch >= EARLY_STEPS
-    weights = architecture.init_weights(ts.cfg.model, seed=ts.cfg.seed, log_scale=ts.scales.log_scale)
-    tf_hist, tf_weights = train("tensorflow", ts, weights)
-    torch_hist, torch_weights = train("torch", ts, weights)
-    rel = step_rel_diff(tf_hist, torch_hist)
-    print(loss_mode, trainable, np.array2string(rel, precision=2))
-    assert rel[0] <= 1e-6
-    assert rel[:EARLY_STEPS].max() <= EARLY_RTOL, f"steps 1-{EARLY_STEPS}: {rel[:EARLY_STEPS]}"
-    tf_loss, torch_loss = (np.asarray(h["train_step_loss"][:EARLY_STEPS]) for h in (tf_hist, torch_hist))
-    assert np.abs(tf_loss - torch_loss).max() <= EARLY_RTOL * np.abs(torch_loss).max()
-    tf_log, torch_log = (float(w[architecture.LOG_SCALE]) for w in (tf_weights, torch_weights))
+def test_steps_agree_in_other_modes(loss_mode, trainable):
+    """The trainable ``log_scale`` path and the MAE loss: the same math (float64), and
+    float32 runs within the noise."""
+    ts64 = training_set(n_groups=96, loss_mode=loss_mode, trainable=trainable, precision="float64")
+    ts = training_set(n_groups=96, loss_mode=loss_mode, trainable=trainable)
+    weights = start_weights(ts)
     start = float(weights[architecture.LOG_SCALE])
-    if trainable:
-        assert tf_log != start and torch_log != start
-        # Both moved the same way by about the same amount (Adam: ~lr per step).
-        assert np.sign(tf_log - start) == np.sign(torch_log - start)
-        assert abs(tf_log - torch_log) <= 0.1 * abs(torch_log - start)
-    else:
-        assert tf_log == start == torch_log
+
+    (tf64, tf64_w), (torch64, torch64_w) = train("tensorflow", ts64, weights), train("torch", ts64, weights)
+    for key in ("train_step_loss", "train_step_deviance", "val_loss", "val_deviance"):
+        assert rel_diff(tf64[key], torch64[key]).max() <= F64_RTOL, (key, rel_diff(tf64[key], torch64[key]))
+
+    (tf_hist, tf_w), (torch_hist, torch_w), drifts = train_with_floor(ts, weights)
+    for key in ("train_step_loss", "train_step_deviance"):
+        rel = rel_diff(tf_hist[key], torch_hist[key])
+        print(loss_mode, trainable, key, np.array2string(rel, precision=1))
+        assert_within_floor(rel, noise_floor(*drifts(key)), key)
+
+    tf_log, torch_log = (float(w[architecture.LOG_SCALE]) for w in (tf_w, torch_w))
+    tf64_log, torch64_log = (float(w[architecture.LOG_SCALE]) for w in (tf64_w, torch64_w))
+    if not trainable:
+        assert tf_log == torch_log == tf64_log == torch64_log == start
+        return
+    assert tf_log != start and torch_log != start
+    # float64: the same move, up to one float32 rounding of the result
+    assert abs(tf64_log - torch64_log) <= np.spacing(np.float32(abs(torch64_log)))
+    # float32: the same direction, and intensity_scale = exp(log_scale) within the noise
+    assert np.sign(tf_log - start) == np.sign(torch_log - start)
+    assert_within_floor(rel_diff(tf_hist["intensity_scale"], torch_hist["intensity_scale"]),
+                        noise_floor(*drifts("intensity_scale")), "intensity_scale")
 
 
 class _ParamDtypes(TrainHooks):
@@ -148,13 +135,14 @@ class _ParamDtypes(TrainHooks):
         self.dtypes.append(str(self.weight()))
 
 
-def test_float64_per_step_deviance_agrees_across_backends(raw, record_property):
+def test_float64_per_step_deviance_agrees_across_backends(record_property):
     """Issue 4's criterion, literally: in the float64 verification precision the two
-    backends' per-step deviances agree within 1e-3 relative over the first 20 steps."""
-    ts = training_set(raw, n_groups=336, precision="float64")
-    ts32 = training_set(raw, n_groups=336)
+    backends' per-step deviances agree within 1e-3 relative over the first 20 steps
+    (measured: ~5e-16 over the whole 20-step epoch)."""
+    ts = training_set(n_groups=336, precision="float64")
+    ts32 = training_set(n_groups=336)
     assert ts.steps_per_epoch >= STEPS
-    weights = architecture.init_weights(ts.cfg.model, seed=ts.cfg.seed, log_scale=ts.scales.log_scale)
+    weights = start_weights(ts)
 
     tf_api, torch_api = (importlib.import_module(f"ptyparity.backends.{b}.api") for b in ("tensorflow", "torch"))
     torch_model = torch_api.build(ts.cfg.model, ts.probe, weights)  # built in float32, as run_train does
@@ -164,8 +152,8 @@ def test_float64_per_step_deviance_agrees_across_backends(raw, record_property):
     tf_hist = tf_api.fit(tf_model, ts, quiet=True, deterministic=True)
     torch32_hist, _ = train("torch", ts32, weights)
 
-    rel = step_rel_diff(tf_hist, torch_hist)
-    rel32 = step_rel_diff(torch32_hist, torch_hist)
+    rel = rel_diff(tf_hist["train_step_deviance"], torch_hist["train_step_deviance"])
+    rel32 = rel_diff(torch32_hist["train_step_deviance"], torch_hist["train_step_deviance"])
     summary = {"float64_max_rel_steps_1_20": float(rel[:STEPS].max()), "float64_max_rel_run": float(rel.max()),
                "float32_vs_float64_torch_max_rel": float(rel32.max())}
     print("float64 per-step train_step_deviance, |tf - torch| / |torch|:", np.array2string(rel, precision=2))
@@ -174,11 +162,10 @@ def test_float64_per_step_deviance_agrees_across_backends(raw, record_property):
         record_property(key, value)
 
     assert rel[:STEPS].max() <= STEP_RTOL, f"steps 1-{STEPS}: {rel[:STEPS]}"  # the issue's criterion
-    assert rel.max() <= 1e-9, f"float64 rounding noise should stay near 1e-16: {rel}"
+    assert rel.max() <= F64_RTOL, f"float64 rounding noise should stay near 1e-16: {rel}"
     # It really ran in float64: the parameters were float64 during fit (torch) ...
     assert torch_probe.dtypes and set(torch_probe.dtypes) == {"torch.float64"}
-    # ... the step-0 deviances agree far below float32 resolution (float32: ~1e-7) and differ
-    # from the float32 run's ...
+    # ... the step-0 deviances agree far below float32 resolution and differ from the float32 run's ...
     assert rel[0] <= 1e-12
     assert 0 < rel32[0] and rel32.max() > 1e-9
     # ... and both models are float32 again afterwards, with float32 canonical weights.
@@ -189,5 +176,9 @@ def test_float64_per_step_deviance_agrees_across_backends(raw, record_property):
         assert {w.dtype for w in api.get_weights(model).values()} == {np.dtype(np.float32)}
         taps = api.forward(model, *ts.batch(np.arange(2)), keep=["pred_intensity"])
         assert taps["pred_intensity"].dtype == np.float32
+    # trained alike: float64 results agreeing to ~1e-16, each rounded once to float32,
+    # differ by at most one float32 ulp
     tf_w, torch_w = tf_api.get_weights(tf_model), torch_api.get_weights(torch_model)
-    assert max(float(np.abs(tf_w[k] - torch_w[k]).max()) for k in tf_w) <= 1e-6  # trained alike
+    for name in tf_w:
+        ulp = np.spacing(np.maximum(np.abs(tf_w[name]), np.abs(torch_w[name])))
+        assert np.all(np.abs(tf_w[name] - torch_w[name]) <= ulp), name

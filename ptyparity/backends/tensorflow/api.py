@@ -10,6 +10,7 @@ mirrors :mod:`ptyparity.backends.torch.api` call for call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -23,14 +24,13 @@ import tensorflow as tf  # noqa: E402
 
 from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op-determinism state)
 
-from ptyparity.backends.tensorflow import network  # noqa: E402
+from ptyparity.backends import contract  # noqa: E402
+from ptyparity.backends.tensorflow import network, ops  # noqa: E402
 from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
 from ptyparity.errors import PtyparityError  # noqa: E402
 from ptyparity.training import EpochMeter, HistoryHooks, PlateauRule, TrainHooks  # noqa: E402
 
 NAME = "tensorflow"
-
-ACCELERATORS = ("cpu", "gpu", "auto")
 
 _FORWARD_CACHE = "_ptyparity_forward_fns"  # per-model cache of compiled forward functions
 
@@ -40,7 +40,7 @@ def versions():
     return {"tensorflow_version": tf.__version__, "keras_version": keras.__version__}
 
 
-def build(cfg, probe, weights, *, precision="float32"):
+def build(cfg, probe, weights, *, device=None, precision="float32"):
     """A Keras network holding canonical ``weights``.
 
     Parameters
@@ -50,6 +50,9 @@ def build(cfg, probe, weights, *, precision="float32"):
         The model probe (already scaled, masked when ``probe_mask``).
     weights : dict of ndarray
         Canonical weights (:func:`ptyparity.architecture.weight_shapes` names, HWIO).
+    device : str, optional
+        A ``tf.device`` name for the variables (e.g. ``"/cpu:0"``); TensorFlow's
+        default placement when None.
     precision : {"float32", "float64"}
         Layer dtype policy and physics precision (float64 / complex128: parity
         verification).
@@ -58,7 +61,8 @@ def build(cfg, probe, weights, *, precision="float32"):
     -------
     model : PtychoPINN
     """
-    return network.build_model(cfg, probe, weights, precision=precision)
+    with tf.device(device) if device is not None else contextlib.nullcontext():
+        return network.build_model(cfg, probe, weights, precision=precision)
 
 
 def get_weights(model):
@@ -68,7 +72,7 @@ def get_weights(model):
 
 def _signature(cfg, precision="float32"):
     """Input specs with a free batch dimension, so one trace serves every batch size."""
-    dtype = tf.float32 if precision == "float32" else tf.float64
+    dtype = ops.real_dtype(precision)
     return [tf.TensorSpec((None, cfg.N, cfg.N, cfg.channels), dtype, name="scaled_diffraction"),
             tf.TensorSpec((None, cfg.channels, 2), dtype, name="rel")]
 
@@ -83,17 +87,10 @@ def _forward_fn(model, keep):
     if keep not in cache:
         def run(scaled_diffraction, rel):
             taps = model((scaled_diffraction, rel))
-            return dict(taps) if keep is None else {name: taps[name] for name in keep}
+            return {name: taps[name] for name in (contract.tap_names(model.cfg) if keep is None else keep)}
 
         cache[keep] = tf.function(run, input_signature=_signature(model.cfg, model.precision))
     return cache[keep]
-
-
-def _tap_names(cfg):
-    names = ["encoder_input", "amp_patches", "phase_patches", "object_patches"]
-    if cfg.object_big:
-        names.append("object_canvas")
-    return names + ["object_extracted", "exit_wave", "pred_intensity", "pred_amplitude", "pred_amplitude_counts"]
 
 
 def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
@@ -107,45 +104,30 @@ def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
     rel : ndarray, shape (b, C, 2)
         Channel offsets ``[x, y]`` from the group centre.
     keep : sequence of str, optional
-        Taps to return (default all).
+        Taps to return (default all, :func:`ptyparity.backends.contract.tap_names`).
     precision : {"float32", "float64"}, optional
         The precision the model was built in (default: whatever it was built in,
         float32 unless :func:`build` was asked for float64); the inputs are converted
-        to it and the taps come back in it. A mismatch raises :class:`PtyparityError`.
+        to it and the taps come back in it.
 
     Returns
     -------
     taps : dict of ndarray
-        Canonical channel-last layout; only the taps in ``keep``.
+        Canonical channel-last layout, in forward order; only the taps in ``keep``.
+
+    Raises
+    ------
+    PtyparityError
+        Inputs of the wrong shape or dtype, an unknown tap, a precision mismatch.
     """
-    cfg = model.cfg
-    if precision is not None and precision != model.precision:
-        raise PtyparityError(f"the model computes in {model.precision}, not {precision}; "
-                             f"build it with precision={precision!r}")
-    dtype = np.float32 if model.precision == "float32" else np.float64
-    scaled_diffraction = np.asarray(scaled_diffraction, dtype)
-    rel = np.asarray(rel, dtype)
-    if scaled_diffraction.shape[1:] != (cfg.N, cfg.N, cfg.channels):
-        raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
-                             f"got {scaled_diffraction.shape}")
-    if rel.shape != (scaled_diffraction.shape[0], cfg.channels, 2):
-        raise PtyparityError(f"rel must have shape ({scaled_diffraction.shape[0]}, {cfg.channels}, 2), "
-                             f"got {rel.shape}")
-    if keep is not None:
-        keep = tuple(keep)
-        available = _tap_names(cfg)
-        missing = [name for name in keep if name not in available]
-        if missing:
-            raise ValueError(f"unknown taps {missing}; available: {', '.join(available)}")
+    contract.check_model_precision(model.precision, precision)
+    scaled_diffraction, rel = contract.check_forward_inputs(model.cfg, scaled_diffraction, rel, model.precision)
+    keep = contract.check_keep(keep, model.cfg)
     taps = _forward_fn(model, keep)(tf.constant(scaled_diffraction), tf.constant(rel))
     return {name: np.asarray(t.numpy()) for name, t in taps.items()}
 
 
 # --- training ---------------------------------------------------------------------
-
-
-
-
 
 
 def _strategy(accelerator, devices):
@@ -156,10 +138,7 @@ def _strategy(accelerator, devices):
     visible). ``gpu``: ``devices`` GPUs (``-1``: all visible); a ``MirroredStrategy``
     when more than one. ``auto``: ``gpu`` when TensorFlow sees a GPU, else ``cpu``.
     """
-    if accelerator not in ACCELERATORS:
-        raise PtyparityError(f"accelerator must be one of {', '.join(ACCELERATORS)}; got {accelerator!r}")
-    if not isinstance(devices, int) or (devices < 1 and devices != -1):
-        raise PtyparityError(f"devices must be a positive integer or -1 (all GPUs); got {devices!r}")
+    contract.check_accelerator(accelerator, devices)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if accelerator == "auto":
         accelerator = "gpu" if gpus else "cpu"
@@ -174,7 +153,15 @@ def _strategy(accelerator, devices):
         raise PtyparityError(f"devices={n} but TensorFlow sees only {len(gpus)} GPU(s)")
     if n == 1:
         return None  # TensorFlow places everything on the first GPU by default
-    return tf.distribute.MirroredStrategy(devices=gpus[:n])
+    return _mirrored(tuple(gpus[:n]))
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored(devices):
+    """One ``MirroredStrategy`` per device tuple for the whole process: a new strategy
+    over the same devices restarts the collective instance keys, and a fit in another
+    dtype then fails in the all-reduce ("expected data_type 1 ... got data_type 2")."""
+    return tf.distribute.MirroredStrategy(devices=list(devices))
 
 
 class _Runner:
@@ -220,7 +207,7 @@ class _Runner:
         return replicated
 
     def __call__(self, fn, scaled, rel):
-        dtype = np.float32 if self.system.net.precision == "float32" else np.float64
+        dtype = np.float32 if self.system.net.precision == "float32" else np.float64  # the signature's
         out = fn(tf.constant(np.asarray(scaled, dtype)), tf.constant(np.asarray(rel, dtype)))
         return float(out["loss"]), float(out["deviance"])
 
@@ -300,7 +287,7 @@ def _run_epochs(system, runner, training_set, recorder, quiet):
             "val_loss": val_loss,
             "train_deviance": train_deviance,
             "val_deviance": val_deviance,
-            "intensity_scale": math.exp(float(keras.ops.convert_to_numpy(net.log_scale))),
+            "intensity_scale": math.exp(float(net.log_scale.numpy())),
             "learning_rate": lr,
         }
         plateau.step(val_deviance)
@@ -352,8 +339,7 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         ``train_step_deviance``.
     """
     cfg = training_set.cfg
-    if model.cfg != cfg.model:
-        raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
+    contract.check_fit_model(model.cfg, training_set)
     strategy = _strategy(accelerator, devices)
     recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
     # Training draws no random numbers (weights and batch order come from NumPy);

@@ -18,8 +18,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ptyparity.backends import contract  # noqa: E402
 from ptyparity.backends.tensorflow import ops  # noqa: E402
-from ptyparity.config import LOSS_MODES  # noqa: E402
 
 __all__ = ["ADAM_BETAS", "ADAM_EPS", "SpecAdam", "PtychoPINNSystem", "make_optimizer"]
 
@@ -109,10 +109,8 @@ class PtychoPINNSystem(keras.Model):
 
     def __init__(self, net, *, loss_mode: str, learning_rate: float):
         super().__init__(name="ptychopinn_system")
-        if loss_mode not in LOSS_MODES:
-            raise ValueError(f"loss_mode must be one of {', '.join(LOSS_MODES)}; got {loss_mode!r}")
         self.net = net
-        self.loss_mode = loss_mode
+        self.loss_mode = contract.check_loss_mode(loss_mode)
         self.compile(optimizer=make_optimizer(learning_rate, net.precision), jit_compile=False)
         self.optimizer.build(self.net.trainable_variables)  # slots now, not inside the first trace
 
@@ -134,13 +132,13 @@ class PtychoPINNSystem(keras.Model):
         """
         scaled, rel = batch
         taps = self.net((scaled, rel))
-        log_scale = self.net.log_scale
-        with ops.computing_in(self.net.precision):  # the losses in the network's precision
-            if self.loss_mode == "poisson":
-                loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
-            else:
-                loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
-            deviance = tf.stop_gradient(ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale))
+        log_scale, precision = self.net.log_scale, self.net.precision  # the losses in the network's precision
+        if self.loss_mode == "poisson":
+            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale, precision=precision)
+        else:
+            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale, precision=precision)
+        deviance = tf.stop_gradient(ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale,
+                                                         precision=precision))
         return loss, deviance
 
     @staticmethod

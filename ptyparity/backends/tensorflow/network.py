@@ -20,7 +20,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ptyparity import architecture  # noqa: E402
+from ptyparity import architecture, physics  # noqa: E402
+from ptyparity.architecture import HEAD_BORDER_CHANNELS  # noqa: E402
+from ptyparity.backends import contract  # noqa: E402
 from ptyparity.backends.tensorflow import ops  # noqa: E402
 from ptyparity.config import ModelConfig  # noqa: E402
 from ptyparity.errors import PtyparityError  # noqa: E402
@@ -70,12 +72,9 @@ class PtychoPINN(keras.Model):
 
     def __init__(self, cfg: ModelConfig, probe: np.ndarray, *, log_scale: float, seed: int = 0,
                  precision: str = "float32"):
-        if precision not in ops.PRECISIONS:
-            raise PtyparityError(f"precision must be one of {', '.join(ops.PRECISIONS)}; got {precision!r}")
-        super().__init__(name="ptychopinn", dtype=precision)
-        probe = np.asarray(probe)
-        if probe.shape != (cfg.N, cfg.N) or not np.iscomplexobj(probe):
-            raise PtyparityError(f"probe must be a complex ({cfg.N}, {cfg.N}) array, got {probe.dtype} {probe.shape}")
+        super().__init__(name="ptychopinn", dtype=contract.check_precision(precision))
+        contract.check_supported(cfg)
+        probe = contract.check_probe(cfg, probe)
         if not math.isfinite(float(log_scale)):
             raise PtyparityError(f"log_scale must be finite, got {log_scale}")
         self.cfg = cfg
@@ -98,6 +97,9 @@ class PtychoPINN(keras.Model):
         self.pool = keras.layers.MaxPooling2D(2, dtype=precision)
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest", dtype=precision)
         self.pad = keras.layers.ZeroPadding2D(cfg.N // 4, dtype=precision)
+        # head_layout "ptychopinn" with probe_big: where the border branch adds (zero on the
+        # central N/2 window), (N, N, 1) against channel-last patches; a constant, not a weight.
+        self.border_mask = physics.border_mask(cfg.N)[:, :, None].astype(precision)
 
         # A tracked Keras weight (a bare tf.Variable attribute is not tracked by Keras 3).
         self.log_scale = self.add_weight(name=architecture.LOG_SCALE, shape=(), dtype=precision,
@@ -117,24 +119,35 @@ class PtychoPINN(keras.Model):
         for j in range(self.cfg.n_stages - 1):
             h = self._block(f"{branch}_decoder.{j}", h)
             h = self.upsample(h)  # (B, N/2**(L-1-j), ..., F_j), ending at N/2
+        if self.cfg.head_layout == "ptychopinn":
+            return self._ptychopinn_head(branch, h, activation)
         if self.cfg.probe_big:
             h = self.upsample(h)  # (B, N, N, F)
             return activation(self._block(f"{branch}_head", h))  # up_conv + ReLU, conv to C: (B, N, N, C)
         patch = activation(self._block(f"{branch}_head", h))  # (B, N/2, N/2, C)
         return self.pad(patch)  # zero outside the support: (B, N, N, C)
 
-    def call(self, inputs):
-        """Forward pass: ``(scaled_diffraction, rel)`` -> dict of taps (channel-last)."""
-        with ops.computing_in(self.precision):
-            return self._call(inputs)
+    def _ptychopinn_head(self, branch, h, activation):
+        """Upstream's head (``head_layout`` "ptychopinn", as ``reference_network.head``):
+        (B, N/2, N/2, F) decoder features to (B, N, N, C)."""
+        conv = lambda name, x: self.convs[f"{branch}_head.{name}"](x)  # noqa: E731
+        main = self.pad(activation(conv("conv", h[..., :-HEAD_BORDER_CHANNELS])))  # all but the last 4
+        if not self.cfg.probe_big:
+            return main
+        b = conv("border_conv2", conv("border_conv1", h[..., -HEAD_BORDER_CHANNELS:]))  # conv+ReLU twice
+        b = self.upsample(b)  # (B, N, N, 2048 f / N)
+        b = tf.nn.silu(conv("border_conv3", b))  # swish, for the phase head too
+        return main + tf.constant(self.border_mask) * b  # zero inside the central N/2 window
 
-    def _call(self, inputs):
+    def call(self, inputs):
+        """Forward pass: ``(scaled_diffraction, rel)`` -> dict of taps (channel-last),
+        in the model's precision."""
         scaled_diffraction, rel = inputs
         cfg = self.cfg
         if tuple(scaled_diffraction.shape[1:]) != (cfg.N, cfg.N, cfg.channels):
             raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
                                  f"got {tuple(scaled_diffraction.shape)}")
-        real = tf.float32 if self.precision == "float32" else tf.float64
+        real = ops.real_dtype(self.precision)
         scaled_diffraction = tf.cast(scaled_diffraction, real)  # (B, N, N, C), counts
         rel = None if rel is None else tf.cast(rel, real)  # (B, C, 2)
         scale = tf.exp(tf.convert_to_tensor(self.log_scale))
@@ -152,7 +165,8 @@ class PtychoPINN(keras.Model):
         taps.update(ops.forward_physics(
             amp, phase, self.probe, rel=rel, object_big=cfg.object_big,
             max_offset=cfg.max_offset, merge_weighting=cfg.merge_weighting,
-            probe_big=cfg.probe_big, log_scale=self.log_scale))
+            probe_big=cfg.probe_big, log_scale=self.log_scale, merge_normalization=cfg.merge_normalization,
+            precision=self.precision))
         return taps
 
 
@@ -177,9 +191,9 @@ def get_weights(model, dtype=np.float32):
     weights = {}
     for spec in architecture.all_convs(model.cfg):
         layer = model.convs[spec.name]
-        weights[f"{spec.name}.kernel"] = np.array(keras.ops.convert_to_numpy(layer.kernel), dtype)
-        weights[f"{spec.name}.bias"] = np.array(keras.ops.convert_to_numpy(layer.bias), dtype)
-    weights[architecture.LOG_SCALE] = np.array(keras.ops.convert_to_numpy(model.log_scale), dtype)
+        weights[f"{spec.name}.kernel"] = np.array(layer.kernel.numpy(), dtype)
+        weights[f"{spec.name}.bias"] = np.array(layer.bias.numpy(), dtype)
+    weights[architecture.LOG_SCALE] = np.array(model.log_scale.numpy(), dtype)
     return weights
 
 

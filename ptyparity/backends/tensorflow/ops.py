@@ -2,11 +2,12 @@
 
 Same function names, arguments and canonical layouts as the NumPy reference:
 group arrays are channel-last ``(B, N, N, C)``, :func:`translate` acts on the last
-two axes ``(..., H, W)``, shifts are ``[x, y]`` in ``(..., 2)``. Everything computes
-in float32 / complex64, works eagerly and inside ``tf.function``, and accepts NumPy
-arrays or tensors (NumPy float64/complex128 inputs are narrowed to single precision).
-Inside :func:`computing_in` ``("float64")`` everything computes in float64 /
-complex128 instead (the parity-verification precision, ``TrainConfig.precision``).
+two axes ``(..., H, W)``, shifts are ``[x, y]`` in ``(..., 2)``. Every op takes a
+keyword-only ``precision``: ``"float32"`` (float32 / complex64, the default) or
+``"float64"`` (float64 / complex128, the parity-verification precision,
+``TrainConfig.precision``); its inputs (NumPy arrays, tensors or variables) are
+converted to that precision and so are its results, eagerly and inside
+``tf.function``. The torch backend's ops have the same signatures.
 
 Complex arithmetic is kept to what has clean gradients: real matrices act on the
 real and imaginary parts separately, and intensities come from ``re**2 + im**2``.
@@ -20,82 +21,52 @@ import numpy as np
 import tensorflow as tf
 
 from ptyparity import physics
+from ptyparity.backends.contract import CONVERSIONS, OP_NAMES, check_precision
+from ptyparity.errors import PtyparityError
 from ptyparity.physics import AMPLITUDE_EPS, LOG_EPS, MERGE_EPS, MERGE_WEIGHTINGS
 
-__all__ = [
-    "to_backend", "to_numpy", "tent_matrix", "translate", "pad_center", "crop_center",
-    "merge_weights", "merge_patches", "extract_patches", "illuminate", "predicted_intensity",
-    "diffract", "predicted_amplitude", "poisson_loss", "poisson_saturated", "poisson_deviance",
-    "mae_loss", "forward_physics",
-]
+__all__ = [*CONVERSIONS, *OP_NAMES]
 
 
 # --- conversion -----------------------------------------------------------------------
 
-
-PRECISIONS = ("float32", "float64")
 _REAL = {"float32": tf.float32, "float64": tf.float64}
 _COMPLEX = {"float32": tf.complex64, "float64": tf.complex128}
 _NARROW = {tf.float64: tf.float32, tf.complex128: tf.complex64}
 _WIDEN = {tf.float16: tf.float64, tf.float32: tf.float64, tf.complex64: tf.complex128}
 _NUMPY_FLOATS = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.complex64, np.complex128))
-_current = ["float32"]  # the precision the ops compute in; see computing_in
 
 
-def _check_precision(precision):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+def real_dtype(precision):
+    """The TF real dtype of a precision name ("float32" or "float64")."""
+    return _REAL[check_precision(precision)]
 
 
-@contextlib.contextmanager
-def computing_in(precision):
-    """Within the block (and so in any graph traced within it) the ops compute in
-    ``precision``: "float32" (float32 / complex64, the default) or "float64"
-    (float64 / complex128, the parity-verification mode)."""
-    _check_precision(precision)
-    _current.append(precision)
-    try:
-        yield
-    finally:
-        _current.pop()
+def complex_dtype(precision):
+    """The TF complex dtype of a precision name ("float32" or "float64")."""
+    return _COMPLEX[check_precision(precision)]
 
 
-def current_precision():
-    """The precision the ops compute in now ("float32" unless inside :func:`computing_in`)."""
-    return _current[-1]
+def to_backend(array, *, device=None, precision="float32"):
+    """NumPy array (or tensor, or variable) -> tf tensor, placed on ``device``
+    (a ``tf.device`` name; TF's default placement when None).
 
-
-def _rdt():
-    return _REAL[_current[-1]]
-
-
-def _cdt():
-    return _COMPLEX[_current[-1]]
-
-
-def to_backend(array, precision=None):
-    """NumPy array (or tensor) -> tf tensor in ``precision`` (default: the current one,
-    see :func:`computing_in`).
-
-    "float32": float64 -> float32, complex128 -> complex64 (float32 / complex64 kept).
-    "float64": float32 -> float64, complex64 -> complex128 (double precision kept).
-    Integer and boolean arrays keep their dtype. Keras/TF variables are read as tensors.
+    ``precision="float32"`` (default): float64 -> float32, complex128 -> complex64.
+    ``precision="float64"``: float32 -> float64, complex64 -> complex128. Other dtypes
+    (ints, bools) are kept in both. Variables are read as tensors (gradient kept).
     """
-    precision = current_precision() if precision is None else precision
-    _check_precision(precision)
-    table = _NARROW if precision == "float32" else _WIDEN
-    if isinstance(array, tf.Tensor):
-        tensor = array
-    elif isinstance(array, tf.Variable) or hasattr(array, "__tf_tensor__"):
-        tensor = tf.convert_to_tensor(array)
-    else:
-        arr = np.asarray(array)
-        target = table.get(tf.as_dtype(arr.dtype)) if arr.dtype in _NUMPY_FLOATS else None
-        if target is not None:
-            arr = arr.astype(target.as_numpy_dtype)
-        return tf.convert_to_tensor(arr)
-    target = table.get(tensor.dtype)
-    return tensor if target is None else tf.cast(tensor, target)
+    table = _NARROW if check_precision(precision) == "float32" else _WIDEN
+    with tf.device(device) if device is not None else contextlib.nullcontext():
+        if isinstance(array, tf.Tensor):
+            tensor = array
+        elif isinstance(array, tf.Variable) or hasattr(array, "__tf_tensor__"):
+            tensor = tf.convert_to_tensor(array)
+        else:
+            arr = np.asarray(array)
+            target = table.get(tf.as_dtype(arr.dtype)) if arr.dtype in _NUMPY_FLOATS else None
+            return tf.convert_to_tensor(arr if target is None else arr.astype(target.as_numpy_dtype))
+        target = table.get(tensor.dtype)
+        return tensor if target is None else tf.cast(tensor, target)
 
 
 def to_numpy(tensor):
@@ -105,18 +76,23 @@ def to_numpy(tensor):
     return np.asarray(tensor)
 
 
-def _real(x):
-    """``x`` as a float32 tensor (float64 under ``computing_in("float64")``)."""
-    return tf.cast(to_backend(x), _rdt())
+def _real(x, precision):
+    """``x`` as a real tensor in ``precision`` (gradient kept)."""
+    return tf.cast(to_backend(x, precision=precision), _REAL[precision])
 
 
-def _complex(x):
-    """``x`` as a complex64 tensor (complex128 under ``computing_in("float64")``; real
-    inputs get a zero imaginary part)."""
-    x = to_backend(x)
+def _complex(x, precision):
+    """``x`` as a complex tensor in ``precision`` (real inputs get a zero imaginary part)."""
+    x = to_backend(x, precision=precision)
     if x.dtype.is_complex:
-        return tf.cast(x, _cdt())
-    return tf.complex(tf.cast(x, _rdt()), tf.zeros_like(x, _rdt()))
+        return tf.cast(x, _COMPLEX[precision])
+    return tf.complex(tf.cast(x, _REAL[precision]), tf.zeros_like(x, _REAL[precision]))
+
+
+def _like(x, precision):
+    """``x`` in ``precision``, complex if it is complex, else real."""
+    x = to_backend(x, precision=precision)
+    return tf.cast(x, (_COMPLEX if x.dtype.is_complex else _REAL)[precision])
 
 
 def _scale_complex(z, w):
@@ -129,16 +105,10 @@ def _divide_complex(z, d):
     return tf.complex(tf.math.real(z) / d, tf.math.imag(z) / d)
 
 
-def _scalar(value):
-    """A python float, 0-d tensor or (Keras) variable as a float32 0-d tensor, keeping
-    the gradient path to a variable."""
-    return tf.cast(to_backend(value), _rdt())
-
-
 # --- translation ----------------------------------------------------------------------
 
 
-def tent_matrix(n, shift):
+def tent_matrix(n, shift, *, precision="float32"):
     """Bilinear-interpolation matrix for a shift along one axis.
 
     Parameters
@@ -150,14 +120,14 @@ def tent_matrix(n, shift):
 
     Returns
     -------
-    tent : tensor, shape (..., n, n), float32
+    tent : tensor, shape (..., n, n)
         ``T[i, j] = max(0, 1 - |i - shift - j|)``. Built in float64 and rounded once,
         so the entries equal the reference's to float32 precision for any canvas size.
     """
-    shift = tf.cast(to_backend(shift), tf.float64)[..., None, None]
+    shift = tf.cast(_real(shift, check_precision(precision)), tf.float64)[..., None, None]  # exact widening
     i = tf.range(n, dtype=tf.float64)[:, None]
     j = tf.range(n, dtype=tf.float64)[None, :]
-    return tf.cast(tf.maximum(1.0 - tf.abs(i - shift - j), 0.0), _rdt())
+    return tf.cast(tf.maximum(1.0 - tf.abs(i - shift - j), 0.0), _REAL[precision])
 
 
 def _broadcast_batch(x, static_batch, dynamic_batch, *tail):
@@ -169,7 +139,7 @@ def _broadcast_batch(x, static_batch, dynamic_batch, *tail):
     return out
 
 
-def translate(img, shift):
+def translate(img, shift, *, precision="float32"):
     """Shift images by sub-pixel amounts with bilinear interpolation, zero outside.
 
     Parameters
@@ -185,12 +155,12 @@ def translate(img, shift):
         ``out[y, x] = img(y - t_y, x - t_x)``, computed as ``T_y @ img @ T_x^T``
         (exact for integer shifts).
     """
-    img = to_backend(img)
-    shift = _real(shift)
+    img = _like(img, check_precision(precision))
+    shift = _real(shift, precision)
     if img.shape.rank is not None and img.shape.rank < 2:
-        raise ValueError(f"img must have at least 2 dimensions (..., H, W), got shape {img.shape}")
+        raise PtyparityError(f"img must have at least 2 dimensions (..., H, W), got shape {img.shape}")
     if shift.shape.rank is not None and shift.shape[-1] != 2:
-        raise ValueError(f"shift must have shape (..., 2) as [x, y], got {shift.shape}")
+        raise PtyparityError(f"shift must have shape (..., 2) as [x, y], got {shift.shape}")
     h, w = img.shape[-2], img.shape[-1]
     # Every operand is broadcast to the full batch shape first: TF 2.21's oneDNN
     # BatchMatMulV2 corrupts the heap when it broadcasts a (B, 1, H, W) batch
@@ -198,119 +168,105 @@ def translate(img, shift):
     static = tf.broadcast_static_shape(img.shape[:-2], shift.shape[:-1])
     dynamic = tf.broadcast_dynamic_shape(tf.shape(img)[:-2], tf.shape(shift)[:-1])
     img = _broadcast_batch(img, static, dynamic, h, w)  # (..., H, W)
-    t_y = _broadcast_batch(tent_matrix(h, shift[..., 1]), static, dynamic, h, h)  # (..., H, H)
-    t_x = _broadcast_batch(tent_matrix(w, shift[..., 0]), static, dynamic, w, w)  # (..., W, W)
+    t_y = _broadcast_batch(tent_matrix(h, shift[..., 1], precision=precision), static, dynamic, h, h)
+    t_x = _broadcast_batch(tent_matrix(w, shift[..., 0], precision=precision), static, dynamic, w, w)
 
-    def apply(plane):  # T_y @ plane @ T_x^T
+    def apply(plane):  # T_y @ plane @ T_x^T: (..., H, H) @ (..., H, W) @ (..., W, W)
         return tf.linalg.matmul(tf.linalg.matmul(t_y, plane), t_x, transpose_b=True)
 
     if img.dtype.is_complex:
-        img = tf.cast(img, _cdt())
         return tf.complex(apply(tf.math.real(img)), apply(tf.math.imag(img)))
-    return apply(tf.cast(img, _rdt()))
+    return apply(img)
 
 
-def pad_center(img, size):
+def pad_center(img, size, *, precision="float32"):
     """Zero-pad the last two axes of ``img`` symmetrically to ``size x size``."""
-    img = to_backend(img)
+    img = _like(img, check_precision(precision))
     n = img.shape[-1]
     before = (size - n) // 2
     after = size - n - before
     return tf.pad(img, [[0, 0]] * (img.shape.rank - 2) + [[before, after], [before, after]])
 
 
-def crop_center(img, size):
+def crop_center(img, size, *, precision="float32"):
     """Central ``size x size`` window of the last two axes of ``img``."""
-    img = to_backend(img)
-    n = img.shape[-1]
-    start = (n - size) // 2
+    img = _like(img, check_precision(precision))
+    start = (img.shape[-1] - size) // 2
     return img[..., start : start + size, start : start + size]
 
 
 # --- object_big merge and extraction ----------------------------------------------------
 
 
-def merge_weights(probe, *, probe_big=False, merge_weighting="support"):
-    """Merge weights ``w`` (see :func:`ptyparity.physics.merge_weights`), shape (N, N).
-
-    A NumPy probe gives the reference's constant exactly; a tensor probe is handled
-    in TF (``|P|**2`` from ``re**2 + im**2``).
-    """
+def merge_weights(probe, *, probe_big=False, merge_weighting="support", precision="float32"):
+    """Merge weights ``w``, shape (N, N) (see :func:`ptyparity.physics.merge_weights`):
+    ``m``, or ``m |P|**2 / max |P|**2`` with ``|P|**2`` from ``re**2 + im**2``."""
     if merge_weighting not in MERGE_WEIGHTINGS:
-        raise ValueError(f"merge_weighting must be one of {MERGE_WEIGHTINGS}, got {merge_weighting!r}")
-    if not tf.is_tensor(probe):
-        return tf.constant(physics.merge_weights(np.asarray(probe), probe_big=probe_big,
-                                                 merge_weighting=merge_weighting))
-    n = probe.shape[-1]
-    m = tf.constant(physics.support_mask(n, probe_big=probe_big))
+        raise PtyparityError(f"merge_weighting must be one of {', '.join(MERGE_WEIGHTINGS)}; "
+                             f"got {merge_weighting!r}")
+    probe = _complex(probe, check_precision(precision))
+    m = tf.constant(physics.support_mask(probe.shape[-1], probe_big=probe_big), _REAL[precision])
     if merge_weighting == "support":
         return m
-    probe = _complex(probe)
     p2 = tf.math.real(probe) ** 2 + tf.math.imag(probe) ** 2
     return m * p2 / tf.reduce_max(p2)
 
 
-def merge_patches(patches, rel, weights, max_offset):
+def merge_patches(patches, rel, weights, max_offset, *, count_weights=None, precision="float32"):
     """Merge each group's C patches onto a padded canvas (``object_big``).
 
-    Parameters
-    ----------
-    patches : tensor, shape (B, N, N, C), complex
-    rel : tensor, shape (B, C, 2)
-        Offsets ``[x, y]`` of each channel from its group centre, pixels.
-    weights : tensor, shape (N, N)
-        Merge weights (:func:`merge_weights`).
-    max_offset : int
-        Canvas margin: the canvas side is ``Pd = N + 2 * max_offset``.
-
-    Returns
-    -------
-    canvas : tensor, shape (B, Pd, Pd), complex64
-        ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w), rel_c) + 1e-3)``.
+    ``patches`` (B, N, N, C) complex, offsets ``rel`` (B, C, 2) ``[x, y]`` from each
+    group's centre, merge ``weights`` ``w`` (N, N) (:func:`merge_weights`) and
+    ``count_weights`` ``w_cnt`` (N, N) of the denominator (default ``weights``) give
+    the canvas (B, Pd, Pd), ``Pd = N + 2 * max_offset``:
+    ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w_cnt), rel_c) + 1e-3)``.
     """
-    patches = _complex(patches)
-    rel = _real(rel)
+    patches = _complex(patches, check_precision(precision))
+    rel = _real(rel, precision)
     _, n, _, c = patches.shape
     if rel.shape.rank != 3 or rel.shape[1] != c or rel.shape[2] != 2:
-        raise ValueError(f"rel must have shape (B, {c}, 2), got {rel.shape}")
+        raise PtyparityError(f"rel must have shape (B, {c}, 2), got {rel.shape}")
     size = n + 2 * int(max_offset)
-    w = _real(weights)  # (N, N)
+    w = _real(weights, precision)  # (N, N)
+    w_cnt = w if count_weights is None else _real(count_weights, precision)
     planes = tf.transpose(patches, [0, 3, 1, 2])  # (B, C, N, N)
-    num = tf.reduce_sum(translate(pad_center(_scale_complex(planes, w), size), rel), axis=1)  # (B, Pd, Pd)
-    cnt = tf.reduce_sum(translate(pad_center(w, size), rel), axis=1)  # (B, Pd, Pd), w broadcast over (B, C)
+    padded = pad_center(_scale_complex(planes, w), size, precision=precision)
+    num = tf.reduce_sum(translate(padded, rel, precision=precision), axis=1)  # (B, Pd, Pd)
+    # w_cnt broadcast over (B, C) by the shifts: (B, C, Pd, Pd) summed to (B, Pd, Pd)
+    cnt = tf.reduce_sum(translate(pad_center(w_cnt, size, precision=precision), rel, precision=precision), axis=1)
     return _divide_complex(num, cnt + MERGE_EPS)
 
 
-def extract_patches(canvas, rel, n):
-    """Cut each channel's patch back out of a merged canvas.
+def extract_patches(canvas, rel, n, *, precision="float32"):
+    """Each channel's patch cut back out of a merged canvas (B, Pd, Pd):
+    ``crop_N(translate(canvas, -rel_c))``, shape (B, N, N, C)."""
+    canvas = _like(canvas, check_precision(precision))
+    rel = _real(rel, precision)
+    shifted = translate(canvas[:, None], -rel, precision=precision)  # (B, C, Pd, Pd)
+    return tf.transpose(crop_center(shifted, n, precision=precision), [0, 2, 3, 1])  # (B, N, N, C)
 
-    Parameters
-    ----------
-    canvas : tensor, shape (B, Pd, Pd), complex
-    rel : tensor, shape (B, C, 2)
-    n : int
-        Patch size N.
 
-    Returns
-    -------
-    patches : tensor, shape (B, N, N, C)
-        ``crop_N(translate(canvas, -rel_c))`` for each channel.
-    """
-    canvas = to_backend(canvas)
-    rel = _real(rel)
-    shifted = translate(canvas[:, None], -rel)  # (B, C, Pd, Pd)
-    return tf.transpose(crop_center(shifted, n), [0, 2, 3, 1])  # (B, N, N, C)
+def _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision):
+    """``(w_num, w_cnt)`` of :func:`ptyparity.physics.merge_weight_pair`: in TF from the
+    probe for "spec", the reference's probe-independent constants for "ptychopinn"."""
+    if merge_normalization == "spec":
+        w = merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting, precision=precision)
+        return w, w
+    n = int(probe.shape[-1])
+    pair = physics.merge_weight_pair(np.zeros((n, n), np.complex64), probe_big=probe_big,
+                                     merge_weighting=merge_weighting, merge_normalization=merge_normalization)
+    return tuple(tf.constant(w, _REAL[precision]) for w in pair)
 
 
 # --- far field ------------------------------------------------------------------------------
 
 
-def illuminate(obj, probe):
-    """Exit wave ``P * o``: obj (B, N, N, C) times probe (N, N), complex64."""
-    return _complex(obj) * _complex(probe)[:, :, None]
+def illuminate(obj, probe, *, precision="float32"):
+    """Exit wave ``P * o``: obj (B, N, N, C) times probe (N, N), complex."""
+    return _complex(obj, check_precision(precision)) * _complex(probe, precision)[:, :, None]
 
 
-def predicted_intensity(psi):
+def predicted_intensity(psi, *, precision="float32"):
     """Far-field intensity ``fftshift(|FFT2(psi)|**2) / N**2`` over the spatial axes.
 
     Parameters
@@ -320,10 +276,10 @@ def predicted_intensity(psi):
 
     Returns
     -------
-    intensity : tensor, shape (..., N, N, C), float32
+    intensity : tensor, shape (..., N, N, C), real
         From ``re**2 + im**2`` of the spectrum (no ``abs`` in the gradient path).
     """
-    psi = _complex(psi)
+    psi = _complex(psi, check_precision(precision))
     rank = psi.shape.rank
     n = psi.shape[-2]
     lead = list(range(rank - 3))
@@ -334,55 +290,55 @@ def predicted_intensity(psi):
     return tf.transpose(inten, lead + [rank - 2, rank - 1, rank - 3])  # back to (..., N, N, C)
 
 
-def diffract(psi):
+def diffract(psi, *, precision="float32"):
     """Measured-style amplitude ``sqrt(fftshift(|FFT2(psi)|**2) / N**2)``."""
-    return tf.sqrt(predicted_intensity(psi))
+    return tf.sqrt(predicted_intensity(psi, precision=precision))
 
 
-def predicted_amplitude(intensity):
+def predicted_amplitude(intensity, *, precision="float32"):
     """``sqrt(I + 1e-12)``: an amplitude with a finite gradient at zero intensity."""
-    return tf.sqrt(_real(intensity) + AMPLITUDE_EPS)
+    return tf.sqrt(_real(intensity, check_precision(precision)) + AMPLITUDE_EPS)
 
 
-# --- losses (means over all elements; 0-d float32 tensors) ----------------------------
+# --- losses (means over all elements; 0-d tensors) ------------------------------------
 
 
-def poisson_loss(intensity, target_amplitude, log_scale):
+def poisson_loss(intensity, target_amplitude, log_scale, *, precision="float32"):
     """``mean(lam - y log(lam + 1e-8))`` with ``lam = exp(log_scale)**2 * I_hat``,
     ``y = target_amplitude**2`` (count units). ``log_scale`` may be a variable."""
-    lam = tf.exp(2.0 * _scalar(log_scale)) * _real(intensity)
-    y = tf.square(_real(target_amplitude))
+    lam = tf.exp(2.0 * _real(log_scale, check_precision(precision))) * _real(intensity, precision)
+    y = tf.square(_real(target_amplitude, precision))
     return tf.reduce_mean(lam - y * tf.math.log(lam + LOG_EPS))
 
 
-def poisson_saturated(target_amplitude):
+def poisson_saturated(target_amplitude, *, precision="float32"):
     """The Poisson loss with ``lam = y``: the data-dependent constant of the loss."""
-    y = tf.square(_real(target_amplitude))
+    y = tf.square(_real(target_amplitude, check_precision(precision)))
     return tf.reduce_mean(y - y * tf.math.log(y + LOG_EPS))
 
 
-def poisson_deviance(intensity, target_amplitude, log_scale):
+def poisson_deviance(intensity, target_amplitude, log_scale, *, precision="float32"):
     """Poisson loss minus its value at ``lam = y`` (zero for a perfect model).
 
     Computed element by element as ``lam - y - y log((lam + 1e-8) / (y + 1e-8))``
     before the mean, which is the same quantity with less float32 cancellation.
     """
-    lam = tf.exp(2.0 * _scalar(log_scale)) * _real(intensity)
-    y = tf.square(_real(target_amplitude))
+    lam = tf.exp(2.0 * _real(log_scale, check_precision(precision))) * _real(intensity, precision)
+    y = tf.square(_real(target_amplitude, precision))
     return tf.reduce_mean(lam - y - y * tf.math.log((lam + LOG_EPS) / (y + LOG_EPS)))
 
 
-def mae_loss(amplitude, target_amplitude, log_scale):
+def mae_loss(amplitude, target_amplitude, log_scale, *, precision="float32"):
     """Mean ``|exp(log_scale) * A_hat - s X|`` over all elements."""
-    pred = tf.exp(_scalar(log_scale)) * _real(amplitude)
-    return tf.reduce_mean(tf.abs(pred - _real(target_amplitude)))
+    pred = tf.exp(_real(log_scale, check_precision(precision))) * _real(amplitude, precision)
+    return tf.reduce_mean(tf.abs(pred - _real(target_amplitude, precision)))
 
 
 # --- the physics half of the network, end to end ------------------------------------------
 
 
-def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset=0,
-                    merge_weighting="support", probe_big=False, log_scale=0.0):
+def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset=0, merge_weighting="support",
+                    probe_big=False, log_scale=0.0, merge_normalization="spec", precision="float32"):
     """Everything after the network's heads: patches to predicted amplitudes.
 
     Parameters
@@ -400,6 +356,9 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     log_scale : float, 0-d tensor or variable
         ``exp(log_scale)`` turns model amplitudes into count units; a variable keeps
         its gradient path.
+    merge_normalization : {"spec", "ptychopinn"}
+        See :func:`ptyparity.physics.merge_weight_pair`.
+    precision : {"float32", "float64"}
 
     Returns
     -------
@@ -407,25 +366,25 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
         ``object_patches``, ``object_canvas`` (object_big only), ``object_extracted``,
         ``exit_wave``, ``pred_intensity``, ``pred_amplitude``, ``pred_amplitude_counts``.
     """
+    amp, phase = _real(amp, check_precision(precision)), _real(phase, precision)
+    if amp.shape.rank != 4 or amp.shape != phase.shape:
+        raise PtyparityError(f"amp and phase must both have shape (B, N, N, C), got {amp.shape} and {phase.shape}")
     if object_big and rel is None:
-        raise ValueError("object_big needs rel offsets of shape (B, C, 2)")
-    amp = _real(amp)
-    phase = _real(phase)
+        raise PtyparityError("object_big needs rel offsets of shape (B, C, 2)")
     obj = tf.complex(amp * tf.cos(phase), amp * tf.sin(phase))  # (B, N, N, C)
     taps = {"object_patches": obj}
     if object_big:
-        w = merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting)
-        canvas = merge_patches(obj, rel, w, max_offset)  # (B, Pd, Pd)
+        w, w_cnt = _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision)
+        canvas = merge_patches(obj, rel, w, max_offset, count_weights=w_cnt, precision=precision)  # (B, Pd, Pd)
         taps["object_canvas"] = canvas
-        extracted = extract_patches(canvas, rel, obj.shape[1])  # (B, N, N, C)
+        extracted = extract_patches(canvas, rel, obj.shape[1], precision=precision)  # (B, N, N, C)
     else:
         extracted = obj
     taps["object_extracted"] = extracted
-    psi = illuminate(extracted, probe)
+    psi = illuminate(extracted, probe, precision=precision)
     taps["exit_wave"] = psi
-    inten = predicted_intensity(psi)
+    inten = predicted_intensity(psi, precision=precision)
     taps["pred_intensity"] = inten
-    taps["pred_amplitude"] = predicted_amplitude(inten)
-    taps["pred_amplitude_counts"] = tf.exp(_scalar(log_scale)) * taps["pred_amplitude"]
+    taps["pred_amplitude"] = predicted_amplitude(inten, precision=precision)
+    taps["pred_amplitude_counts"] = tf.exp(_real(log_scale, precision)) * taps["pred_amplitude"]
     return taps
-

@@ -12,10 +12,11 @@ import logging
 import warnings
 
 import lightning as L
-import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ptyparity.backends import contract
 from ptyparity.backends.torch import network, ops
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
 from ptyparity.errors import PtyparityError
@@ -64,12 +65,6 @@ def get_weights(model):
     return network.get_weights(model)
 
 
-def _check_model_precision(model, precision):
-    if precision is not None and precision != model.precision:
-        raise PtyparityError(f"the model computes in {model.precision}, not {precision}; "
-                             f"build it with precision={precision!r}")
-
-
 def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
     """Run the network without gradients, in eval mode.
 
@@ -81,35 +76,35 @@ def forward(model, scaled_diffraction, rel, keep=None, *, precision=None):
     rel : ndarray, shape (b, C, 2)
         Channel offsets ``[x, y]`` from the group centre.
     keep : sequence of str, optional
-        Taps to return (default all).
+        Taps to return (default all, :func:`ptyparity.backends.contract.tap_names`).
     precision : {"float32", "float64"}, optional
         The precision the model was built in (default: whatever it was built in,
         float32 unless :func:`build` was asked for float64); the inputs are converted
-        to it and the taps come back in it. A mismatch raises :class:`PtyparityError`.
+        to it and the taps come back in it.
 
     Returns
     -------
     taps : dict of ndarray
-        Canonical channel-last layout; only the taps in ``keep``.
+        Canonical channel-last layout, in forward order; only the taps in ``keep``.
+
+    Raises
+    ------
+    PtyparityError
+        Inputs of the wrong shape or dtype, an unknown tap, a precision mismatch.
     """
-    _check_model_precision(model, precision)
+    contract.check_model_precision(model.precision, precision)
+    scaled_diffraction, rel = contract.check_forward_inputs(model.cfg, scaled_diffraction, rel, model.precision)
+    keep = contract.check_keep(keep, model.cfg)
     device = model.log_scale.device
-    precision = model.precision
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            taps = model(ops.to_backend(scaled_diffraction, device=device, precision=precision),
-                         ops.to_backend(rel, device=device, precision=precision))
+            taps = model(ops.to_backend(scaled_diffraction, device=device, precision=model.precision),
+                         ops.to_backend(rel, device=device, precision=model.precision))
     finally:
         model.train(was_training)
-    if keep is not None:
-        keep = tuple(keep)
-        missing = [name for name in keep if name not in taps]
-        if missing:
-            raise ValueError(f"unknown taps {missing}; available: {', '.join(taps)}")
-        taps = {name: taps[name] for name in keep}
-    return {name: ops.to_numpy(t) for name, t in taps.items()}
+    return {name: ops.to_numpy(taps[name]) for name in (contract.tap_names(model.cfg) if keep is None else keep)}
 
 
 class _GroupBatches(Dataset):
@@ -158,8 +153,6 @@ class _FixedBatchSampler(Sampler):
         return len(self.batches)
 
 
-
-
 @contextlib.contextmanager
 def _lightning_output(quiet):
     """Hide Lightning's info lines when ``quiet``, and three warnings that are no news
@@ -193,6 +186,19 @@ def _torch_flags_kept():
         torch.backends.cudnn.benchmark = saved[2]
 
 
+def _trainer(cfg, *, quiet, accelerator, devices, deterministic):
+    """The Lightning ``Trainer`` of one fit; a request Lightning cannot serve (no GPU,
+    ``devices=-1`` on the CPU) is a :class:`PtyparityError`."""
+    try:
+        return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=not quiet, enable_model_summary=not quiet,
+                         deterministic=deterministic, num_sanity_val_steps=0)
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PtyparityError(f"accelerator={accelerator!r} with devices={devices!r} is not available here "
+                             f"({reason}); use --accelerator cpu --devices 1") from None
+
+
 def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False):
     """Train ``model`` in place with Lightning (SPEC §5).
 
@@ -211,8 +217,9 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         Receives ``on_step`` / ``on_epoch_end`` as documented there.
     quiet : bool
         No progress bar, model summary or Lightning info lines.
-    accelerator, devices
-        Passed to :class:`lightning.Trainer`.
+    accelerator : {"cpu", "gpu", "auto"}
+    devices : int
+        Passed to :class:`lightning.Trainer` (more than one: Lightning's DDP).
     deterministic : bool
         Torch's deterministic algorithms (``Trainer(deterministic=True)``) for this
         fit; the process-wide flags are restored afterwards.
@@ -233,8 +240,8 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         ``train_step_deviance``.
     """
     cfg = training_set.cfg
-    if model.cfg != cfg.model:
-        raise ValueError(f"model was built for {model.cfg}, but the training set is for {cfg.model}")
+    contract.check_fit_model(model.cfg, training_set)
+    contract.check_accelerator(accelerator, devices)
     precision = getattr(cfg, "precision", "float32")
     own_precision = model.precision
     recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
@@ -244,24 +251,14 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     val_loader = (DataLoader(_GroupBatches(training_set, precision), batch_size=None,
                              sampler=_FixedBatchSampler(val_batches))
                   if val_batches else None)
-    network.set_precision(model, precision)
-    system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
     # Training itself draws no random numbers (weights and batch order come from NumPy);
     # seeding torch only pins down anything a future layer might draw. The global
     # NumPy and `random` states are left alone.
     torch.manual_seed(cfg.seed)
     with _lightning_output(quiet), _torch_flags_kept():
-        trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            max_epochs=cfg.max_epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=not quiet,
-            enable_model_summary=not quiet,
-            deterministic=deterministic,
-            num_sanity_val_steps=0,
-        )
+        trainer = _trainer(cfg, quiet=quiet, accelerator=accelerator, devices=devices, deterministic=deterministic)
+        system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
+        network.set_precision(model, precision)
         system.train()  # Lightning keeps the modes it finds; build() hands out eval mode
         try:
             trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)

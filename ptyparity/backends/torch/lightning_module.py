@@ -15,14 +15,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from ptyparity.backends import contract
 from ptyparity.backends.torch import ops
-from ptyparity.config import LOSS_MODES
 from ptyparity.training import EpochMeter, PlateauRule, TrainHooks
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7  # Keras' default, so both backends run the same Adam
-
-
 
 
 class PtychoPINNModule(L.LightningModule):
@@ -44,10 +42,8 @@ class PtychoPINNModule(L.LightningModule):
 
     def __init__(self, net: nn.Module, *, loss_mode: str, learning_rate: float, hooks: TrainHooks):
         super().__init__()
-        if loss_mode not in LOSS_MODES:
-            raise ValueError(f"loss_mode must be one of {', '.join(LOSS_MODES)}; got {loss_mode!r}")
         self.net = net
-        self.loss_mode = loss_mode
+        self.loss_mode = contract.check_loss_mode(loss_mode)
         self.hooks = hooks
         self.plateau = PlateauRule(learning_rate)
         self._train = EpochMeter()
@@ -71,13 +67,13 @@ class PtychoPINNModule(L.LightningModule):
         """
         scaled, rel = batch
         taps = self.net(scaled, rel)
-        log_scale = self.net.log_scale
+        log_scale, precision = self.net.log_scale, self.net.precision  # the losses in the network's precision
         if self.loss_mode == "poisson":
-            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale)
+            loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale, precision=precision)
         else:
-            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale)
+            loss = ops.mae_loss(taps["pred_amplitude"], scaled, log_scale, precision=precision)
         with torch.no_grad():
-            deviance = ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale)
+            deviance = ops.poisson_deviance(taps["pred_intensity"], scaled, log_scale, precision=precision)
         return loss, deviance
 
     # --- training ------------------------------------------------------------------

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptyparity import architecture
-from ptyparity.architecture import LOG_SCALE
+from ptyparity import architecture, physics
+from ptyparity.architecture import HEAD_BORDER_CHANNELS, LOG_SCALE
+from ptyparity.backends import contract
 from ptyparity.backends.torch import ops
+from ptyparity.errors import PtyparityError
 
 
 class Conv3x3(nn.Conv2d):
@@ -69,11 +71,14 @@ class PtychoPINN(nn.Module):
 
     def __init__(self, cfg, probe: np.ndarray, *, log_scale: float, seed: int = 0, precision: str = "float32"):
         super().__init__()
-        probe = np.asarray(probe)
-        if probe.shape != (cfg.N, cfg.N) or not np.iscomplexobj(probe):
-            raise ValueError(f"probe must be a complex ({cfg.N}, {cfg.N}) array, got {probe.dtype} {probe.shape}")
+        contract.check_precision(precision)
+        contract.check_supported(cfg)
+        probe = contract.check_probe(cfg, probe)
         self.cfg = cfg
         self.precision = "float32"
+        # head_layout "ptychopinn" with probe_big: where the border branch adds (zero on the
+        # central N/2 window); not a weight, so not in the state dict. Casts with the model.
+        self.register_buffer("border_mask", torch.from_numpy(physics.border_mask(cfg.N)), persistent=False)
         self._probe_source = np.array(probe, np.complex128)  # the probe as given, for set_precision
         blocks = architecture.conv_layers(cfg)
         L = cfg.n_stages
@@ -95,13 +100,27 @@ class PtychoPINN(nn.Module):
             for conv in block.values():
                 h = conv(h)
             h = F.interpolate(h, scale_factor=2, mode="nearest")
+        pad = self.cfg.N // 4
+        if self.cfg.head_layout == "ptychopinn":
+            return self._ptychopinn_head(head, h, activation, pad)
         if self.cfg.probe_big:  # one more stage to full N: upsample2, up_conv+ReLU, conv to C
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = head["up_conv"](h)
             return activation(head["conv"](h))  # (B, C, N, N)
         x = activation(head["conv"](h))  # (B, C, N/2, N/2)
-        pad = self.cfg.N // 4
         return F.pad(x, (pad, pad, pad, pad))  # (B, C, N, N), zero outside the support
+
+    def _ptychopinn_head(self, head, h, activation, pad):
+        """Upstream's head (``head_layout`` "ptychopinn", as ``reference_network.head``):
+        (B, F, N/2, N/2) decoder features to (B, C, N, N)."""
+        main = activation(head["conv"](h[:, :-HEAD_BORDER_CHANNELS]))  # all but the last 4 channels
+        main = F.pad(main, (pad, pad, pad, pad))  # (B, C, N, N)
+        if not self.cfg.probe_big:
+            return main
+        b = head["border_conv2"](head["border_conv1"](h[:, -HEAD_BORDER_CHANNELS:]))  # conv+ReLU twice
+        b = F.interpolate(b, scale_factor=2, mode="nearest")  # (B, 2048 f / N, N, N)
+        b = F.silu(head["border_conv3"](b))  # swish, for the phase head too
+        return main + self.border_mask * b  # zero inside the central N/2 window
 
     def forward(self, scaled_diffraction, rel=None):
         """Run the network and the physics.
@@ -120,14 +139,17 @@ class PtychoPINN(nn.Module):
             :func:`ptyparity.backends.torch.ops.forward_physics`, all channel-last.
         """
         cfg = self.cfg
-        if not isinstance(scaled_diffraction, torch.Tensor):
-            scaled_diffraction = ops.to_backend(scaled_diffraction, device=self.log_scale.device,
-                                                precision=self.precision)
-        if rel is not None and not isinstance(rel, torch.Tensor):
-            rel = ops.to_backend(rel, device=self.log_scale.device, precision=self.precision)
+        device, real = self.log_scale.device, ops.real_dtype(self.precision)
+
+        def as_input(x):  # in the model's precision, on its device
+            x = x if isinstance(x, torch.Tensor) else ops.to_backend(x, precision=self.precision)
+            return x.to(device=device, dtype=real)
+
+        scaled_diffraction = as_input(scaled_diffraction)
+        rel = None if rel is None else as_input(rel)
         if scaled_diffraction.ndim != 4 or tuple(scaled_diffraction.shape[1:]) != (cfg.N, cfg.N, cfg.channels):
-            raise ValueError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
-                             f"got {tuple(scaled_diffraction.shape)}")
+            raise PtyparityError(f"scaled_diffraction must have shape (B, {cfg.N}, {cfg.N}, {cfg.channels}), "
+                                 f"got {tuple(scaled_diffraction.shape)}")
         x = scaled_diffraction / torch.exp(self.log_scale)  # (B, N, N, C)
         taps = {"encoder_input": x}
 
@@ -147,7 +169,7 @@ class PtychoPINN(nn.Module):
             taps["amp_patches"], taps["phase_patches"], self.probe, rel=rel,
             object_big=cfg.object_big, max_offset=cfg.max_offset,
             merge_weighting=cfg.merge_weighting, probe_big=cfg.probe_big,
-            log_scale=self.log_scale))
+            log_scale=self.log_scale, merge_normalization=cfg.merge_normalization, precision=self.precision))
         return taps
 
 

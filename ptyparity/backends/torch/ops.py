@@ -2,11 +2,13 @@
 
 Same function names, arguments and canonical layouts as the NumPy reference:
 group arrays are channel-last ``(B, N, N, C)``, :func:`translate` acts on the last
-two axes ``(..., H, W)`` and shifts are ``[x, y]`` pixels in ``(..., 2)``. Everything
-computes in float32 / complex64 and keeps the autograd graph. Inputs may be torch
-tensors or NumPy arrays (converted with :func:`to_backend`); results are tensors on
-the device of the first array argument. Given float64 / complex128 *tensors* (the
-``precision="float64"`` verification mode), every op keeps double precision.
+two axes ``(..., H, W)`` and shifts are ``[x, y]`` pixels in ``(..., 2)``. Every op
+takes a keyword-only ``precision``: ``"float32"`` (float32 / complex64, the
+default) or ``"float64"`` (float64 / complex128, the parity-verification precision,
+``TrainConfig.precision``); its inputs (tensors, or NumPy arrays converted with
+:func:`to_backend`) are cast to that precision, so are its results, and the
+autograd graph is kept. Results live on the device of the first array argument.
+The TensorFlow backend's ops have the same signatures.
 
 Constants (support mask, stabilisers) come from :mod:`ptyparity.physics`, so both
 backends use literally the same numbers.
@@ -20,53 +22,39 @@ import numpy as np
 import torch
 
 from ptyparity import physics
+from ptyparity.backends.contract import CONVERSIONS, OP_NAMES, check_precision
+from ptyparity.errors import PtyparityError
 from ptyparity.physics import AMPLITUDE_EPS, LOG_EPS, MERGE_EPS, MERGE_WEIGHTINGS
 
-__all__ = [
-    "to_backend", "to_numpy", "real_dtype", "complex_dtype",
-    "tent_matrix", "translate", "pad_center", "crop_center",
-    "merge_patches", "extract_patches", "illuminate",
-    "predicted_intensity", "diffract", "predicted_amplitude",
-    "poisson_loss", "poisson_saturated", "poisson_deviance", "mae_loss",
-    "forward_physics",
-]
+__all__ = [*CONVERSIONS, *OP_NAMES]
 
 # --- conversion ----------------------------------------------------------------------
 
 _SINGLE = {np.dtype(np.float64): np.float32, np.dtype(np.complex128): np.complex64}
 _DOUBLE = {np.dtype(np.float16): np.float64, np.dtype(np.float32): np.float64, np.dtype(np.complex64): np.complex128}
-PRECISIONS = ("float32", "float64")
 _REAL = {"float32": torch.float32, "float64": torch.float64}
 _COMPLEX = {"float32": torch.complex64, "float64": torch.complex128}
 
 
 def real_dtype(precision):
     """The torch real dtype of a precision name ("float32" or "float64")."""
-    _check_precision(precision)
-    return _REAL[precision]
+    return _REAL[check_precision(precision)]
 
 
 def complex_dtype(precision):
     """The torch complex dtype of a precision name ("float32" or "float64")."""
-    _check_precision(precision)
-    return _COMPLEX[precision]
-
-
-def _check_precision(precision):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return _COMPLEX[check_precision(precision)]
 
 
 def to_backend(array, *, device=None, precision="float32"):
-    """NumPy (or array-like) to a torch tensor. Copies.
+    """NumPy (or array-like) to a torch tensor on ``device`` (CPU when None). Copies.
 
     ``precision="float32"`` (default): float64 -> float32, complex128 -> complex64.
     ``precision="float64"`` (parity verification): float32 -> float64,
     complex64 -> complex128, double precision kept. Other dtypes (ints, bools) are
     kept in both."""
-    _check_precision(precision)
     arr = np.asarray(array)
-    table = _SINGLE if precision == "float32" else _DOUBLE
+    table = _SINGLE if check_precision(precision) == "float32" else _DOUBLE
     arr = np.array(arr, dtype=table.get(arr.dtype, arr.dtype), order="C")  # a C-ordered copy, 0-d kept
     return torch.from_numpy(arr).to(device)
 
@@ -79,31 +67,35 @@ def to_numpy(tensor):
     return np.asarray(tensor)
 
 
-def _as_tensor(x, *, device=None, dtype=None):
-    """``x`` as a tensor (NumPy converted with :func:`to_backend`), optionally moved."""
-    t = x if isinstance(x, torch.Tensor) else to_backend(x)
-    if device is not None or dtype is not None:
-        t = t.to(device=device if device is not None else t.device, dtype=dtype or t.dtype)
-    return t
+def _tensor(x):
+    """A tensor as is; anything else as a tensor of a C-ordered NumPy copy (0-d kept)."""
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, order="C"))
 
 
-def _real_dtype(t):
-    """float32 for complex64 / float32 tensors (float64 for double precision)."""
-    return t.real.dtype if t.is_complex() else (t.dtype if t.is_floating_point() else torch.float32)
+def _cast(x, dtype, device):
+    """``x`` as a tensor of ``dtype``, moved to ``device`` if given; a tensor already
+    there and of that dtype is returned as is (gradient kept)."""
+    t = _tensor(x)
+    return t.to(device=t.device if device is None else device, dtype=dtype)
 
 
-def _apply_real(fn, x):
-    """Apply a real-linear map to a real or complex tensor (real and imaginary parts
-    separately, so real tent matrices never need a complex matmul)."""
-    if x.is_complex():
-        return torch.complex(fn(x.real), fn(x.imag))
-    return fn(x)
+def _real(x, precision, device=None):
+    return _cast(x, _REAL[precision], device)
+
+
+def _complex(x, precision, device=None):  # real inputs get a zero imaginary part
+    return _cast(x, _COMPLEX[precision], device)
+
+
+def _like(x, precision, device=None):  # complex stays complex, anything else becomes real
+    t = _tensor(x)
+    return _cast(t, (_COMPLEX if t.is_complex() else _REAL)[precision], device)
 
 
 # --- translation, padding ------------------------------------------------------------
 
 
-def tent_matrix(n, shift):
+def tent_matrix(n, shift, *, precision="float32"):
     """Bilinear-interpolation matrix for a shift along one axis.
 
     Parameters
@@ -116,12 +108,9 @@ def tent_matrix(n, shift):
     Returns
     -------
     tent : Tensor, shape (..., n, n)
-        ``T[i, j] = max(0, 1 - |i - shift - j|)`` in the dtype of ``shift``
-        (float32 for Python floats and NumPy input).
+        ``T[i, j] = max(0, 1 - |i - shift - j|)``.
     """
-    shift = _as_tensor(shift)
-    if not shift.is_floating_point():
-        shift = shift.to(torch.float32)
+    shift = _real(shift, check_precision(precision))
     idx = torch.arange(n, device=shift.device)
     # (i - j) is an exact integer; subtracting the shift second keeps the entries
     # near the diagonal exact in float32 (Sterbenz), so integer shifts are permutations.
@@ -129,7 +118,7 @@ def tent_matrix(n, shift):
     return torch.clamp(1.0 - torch.abs(diff - shift[..., None, None]), min=0.0)  # (..., n, n)
 
 
-def translate(img, shift):
+def translate(img, shift, *, precision="float32"):
     """Shift images by sub-pixel amounts with bilinear interpolation, zero outside.
 
     Parameters
@@ -144,15 +133,15 @@ def translate(img, shift):
     out : Tensor, shape (..., H, W)
         ``out[y, x] = img(y - t_y, x - t_x)``, computed as ``T_y @ img @ T_x^T``.
     """
-    img = _as_tensor(img)
+    img = _like(img, check_precision(precision))
     if img.ndim < 2:
-        raise ValueError(f"img must have at least 2 dimensions (..., H, W), got shape {tuple(img.shape)}")
-    shift = _as_tensor(shift, device=img.device, dtype=_real_dtype(img))
+        raise PtyparityError(f"img must have at least 2 dimensions (..., H, W), got shape {tuple(img.shape)}")
+    shift = _real(shift, precision, img.device)
     if shift.shape[-1:] != (2,):
-        raise ValueError(f"shift must have shape (..., 2) as [x, y], got {tuple(shift.shape)}")
+        raise PtyparityError(f"shift must have shape (..., 2) as [x, y], got {tuple(shift.shape)}")
     h, w = img.shape[-2:]
-    t_y = tent_matrix(h, shift[..., 1])  # (..., H, H)
-    t_x = tent_matrix(w, shift[..., 0])  # (..., W, W)
+    t_y = tent_matrix(h, shift[..., 1], precision=precision)  # (..., H, H)
+    t_x = tent_matrix(w, shift[..., 0], precision=precision)  # (..., W, W)
     if not img.is_complex():
         return t_y @ img @ t_x.transpose(-1, -2)
     # Complex: one real matmul per side instead of two, with re/im side by side.
@@ -164,19 +153,19 @@ def translate(img, shift):
     return torch.view_as_complex(out)
 
 
-def pad_center(img, size):
+def pad_center(img, size, *, precision="float32"):
     """Zero-pad the last two axes of ``img`` symmetrically to ``size x size``."""
-    img = _as_tensor(img)
+    img = _like(img, check_precision(precision))
     n = img.shape[-1]
     before = (size - n) // 2
     after = size - n - before
     return torch.nn.functional.pad(img, (before, after, before, after))
 
 
-def crop_center(img, size):
+def crop_center(img, size, *, precision="float32"):
     """Central ``size x size`` window of the last two axes of ``img``."""
-    n = img.shape[-1]
-    start = (n - size) // 2
+    img = _like(img, check_precision(precision))
+    start = (img.shape[-1] - size) // 2
     return img[..., start : start + size, start : start + size]
 
 
@@ -188,82 +177,76 @@ def _support_mask(n, probe_big):
     return physics.support_mask(n, probe_big=probe_big)
 
 
-def _merge_weights(probe, *, probe_big, merge_weighting):
-    """Torch version of :func:`ptyparity.physics.merge_weights` (a constant of the
-    probe), computed on the probe's device: ``m`` or ``m |P|**2 / max |P|**2``, (N, N)."""
+def merge_weights(probe, *, probe_big=False, merge_weighting="support", precision="float32"):
+    """Merge weights ``w``, shape (N, N) (see :func:`ptyparity.physics.merge_weights`),
+    on the probe's device: ``m``, or ``m |P|**2 / max |P|**2`` with ``|P|**2`` from
+    ``re**2 + im**2``."""
     if merge_weighting not in MERGE_WEIGHTINGS:
-        raise ValueError(f"merge_weighting must be one of {MERGE_WEIGHTINGS}, got {merge_weighting!r}")
-    n = probe.shape[-1]
-    m = torch.tensor(_support_mask(n, probe_big), device=probe.device)  # (N, N), a copy of the cached mask
+        raise PtyparityError(f"merge_weighting must be one of {', '.join(MERGE_WEIGHTINGS)}; "
+                             f"got {merge_weighting!r}")
+    probe = _complex(probe, check_precision(precision))
+    m = torch.tensor(_support_mask(probe.shape[-1], probe_big), dtype=_REAL[precision], device=probe.device)
     if merge_weighting == "support":
         return m
-    p2 = probe.real**2 + probe.imag**2 if probe.is_complex() else probe**2
+    p2 = probe.real**2 + probe.imag**2
     return m * p2 / p2.max()
 
 
-def merge_patches(patches, rel, weights, max_offset):
+def merge_patches(patches, rel, weights, max_offset, *, count_weights=None, precision="float32"):
     """Merge each group's C patches onto a padded canvas (``object_big``).
 
-    Parameters
-    ----------
-    patches : Tensor, shape (B, N, N, C), complex
-    rel : Tensor or array_like, shape (B, C, 2)
-        Offsets ``[x, y]`` of each channel from its group centre, pixels.
-    weights : Tensor or array_like, shape (N, N)
-        Merge weights (see :func:`ptyparity.physics.merge_weights`).
-    max_offset : int
-        Canvas margin: the canvas side is ``Pd = N + 2 * max_offset``.
-
-    Returns
-    -------
-    canvas : Tensor, shape (B, Pd, Pd), complex
-        ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w), rel_c) + 1e-3)``.
+    ``patches`` (B, N, N, C) complex, offsets ``rel`` (B, C, 2) ``[x, y]`` from each
+    group's centre, merge ``weights`` ``w`` (N, N) (:func:`merge_weights`) and
+    ``count_weights`` ``w_cnt`` (N, N) of the denominator (default ``weights``) give
+    the canvas (B, Pd, Pd), ``Pd = N + 2 * max_offset``:
+    ``sum_c translate(pad(w o_c), rel_c) / (sum_c translate(pad(w_cnt), rel_c) + 1e-3)``.
     """
-    patches = _as_tensor(patches)
+    patches = _complex(patches, check_precision(precision))
     b, n, _, c = patches.shape
-    rel = _as_tensor(rel, device=patches.device, dtype=_real_dtype(patches))
+    rel = _real(rel, precision, patches.device)
     if tuple(rel.shape) != (b, c, 2):
-        raise ValueError(f"rel must have shape {(b, c, 2)}, got {tuple(rel.shape)}")
+        raise PtyparityError(f"rel must have shape (B, {c}, 2), got {tuple(rel.shape)}")
     size = n + 2 * int(max_offset)
-    w = _as_tensor(weights, device=patches.device, dtype=_real_dtype(patches))  # (N, N)
+    w = _real(weights, precision, patches.device)  # (N, N)
+    w_cnt = w if count_weights is None else _real(count_weights, precision, patches.device)
     planes = patches.permute(0, 3, 1, 2)  # (B, C, N, N)
-    num = translate(pad_center(planes * w, size), rel).sum(dim=1)  # (B, Pd, Pd)
-    cnt = translate(pad_center(w, size), rel).sum(dim=1)  # (Pd, Pd) shifted by (B, C) -> (B, Pd, Pd)
+    num = translate(pad_center(planes * w, size, precision=precision), rel, precision=precision).sum(dim=1)
+    # (Pd, Pd) shifted by (B, C) -> (B, C, Pd, Pd), summed to (B, Pd, Pd)
+    cnt = translate(pad_center(w_cnt, size, precision=precision), rel, precision=precision).sum(dim=1)
     return num / (cnt + MERGE_EPS)
 
 
-def extract_patches(canvas, rel, n):
-    """Cut each channel's patch back out of a merged canvas.
+def extract_patches(canvas, rel, n, *, precision="float32"):
+    """Each channel's patch cut back out of a merged canvas (B, Pd, Pd):
+    ``crop_N(translate(canvas, -rel_c))``, shape (B, N, N, C)."""
+    canvas = _like(canvas, check_precision(precision))
+    rel = _real(rel, precision, canvas.device)
+    shifted = translate(canvas[:, None], -rel, precision=precision)  # (B, 1, Pd, Pd) by (B, C, 2): (B, C, Pd, Pd)
+    return crop_center(shifted, n, precision=precision).permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
 
-    Parameters
-    ----------
-    canvas : Tensor, shape (B, Pd, Pd), complex
-    rel : Tensor or array_like, shape (B, C, 2)
-    n : int
-        Patch size N.
 
-    Returns
-    -------
-    patches : Tensor, shape (B, N, N, C)
-        ``crop_N(translate(canvas, -rel_c))`` for each channel.
-    """
-    canvas = _as_tensor(canvas)
-    rel = _as_tensor(rel, device=canvas.device, dtype=_real_dtype(canvas))
-    shifted = translate(canvas[:, None], -rel)  # (B, 1, Pd, Pd) by (B, C, 2) -> (B, C, Pd, Pd)
-    return crop_center(shifted, n).permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
+def _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision):
+    """``(w_num, w_cnt)`` of :func:`ptyparity.physics.merge_weight_pair`: in torch from
+    the probe for "spec", the reference's probe-independent constants for "ptychopinn"."""
+    if merge_normalization == "spec":
+        w = merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting, precision=precision)
+        return w, w
+    n = probe.shape[-1]
+    pair = physics.merge_weight_pair(np.zeros((n, n), np.complex64), probe_big=probe_big,
+                                     merge_weighting=merge_weighting, merge_normalization=merge_normalization)
+    return tuple(torch.tensor(w, dtype=_REAL[precision], device=probe.device) for w in pair)
 
 
 # --- far field -----------------------------------------------------------------------
 
 
-def illuminate(obj, probe):
+def illuminate(obj, probe, *, precision="float32"):
     """Exit wave ``P * o``: ``obj`` (B, N, N, C) times ``probe`` (N, N), channel-last."""
-    obj = _as_tensor(obj)
-    probe = _as_tensor(probe, device=obj.device)
-    return obj * probe[:, :, None]  # (N, N, 1) broadcasts over (B, N, N, C)
+    obj = _complex(obj, check_precision(precision))
+    return obj * _complex(probe, precision, obj.device)[:, :, None]  # (N, N, 1) broadcasts over (B, N, N, C)
 
 
-def predicted_intensity(psi):
+def predicted_intensity(psi, *, precision="float32"):
     """Far-field intensity ``fftshift(|FFT2(psi)|**2) / N**2`` over axes (-3, -2).
 
     Parameters
@@ -276,35 +259,37 @@ def predicted_intensity(psi):
     intensity : Tensor, shape (..., N, N, C), real
         From ``re**2 + im**2`` (no ``abs``: its gradient is undefined at 0).
     """
-    psi = _as_tensor(psi)
+    psi = _complex(psi, check_precision(precision))
     n = psi.shape[-2]
     f = torch.fft.fft2(psi, dim=(-3, -2))
     return torch.fft.fftshift(f.real**2 + f.imag**2, dim=(-3, -2)) / n**2
 
 
-def diffract(psi):
+def diffract(psi, *, precision="float32"):
     """Measured-style amplitude ``sqrt(fftshift(|FFT2(psi)|**2) / N**2)``."""
-    return torch.sqrt(predicted_intensity(psi))
+    return torch.sqrt(predicted_intensity(psi, precision=precision))
 
 
-def predicted_amplitude(intensity):
+def predicted_amplitude(intensity, *, precision="float32"):
     """``sqrt(I + 1e-12)``: an amplitude with a finite gradient at zero intensity."""
-    return torch.sqrt(_as_tensor(intensity) + AMPLITUDE_EPS)
+    return torch.sqrt(_real(intensity, check_precision(precision)) + AMPLITUDE_EPS)
 
 
-# --- losses (mean over all elements, as in the reference) ---------------------------
-
-
-def _scale_tensor(log_scale, like):
-    """``log_scale`` (float or 0-d tensor, gradient kept) as a tensor next to ``like``."""
-    return _as_tensor(log_scale, device=like.device, dtype=like.dtype)
+# --- losses (mean over all elements, as in the reference; shape ()) --------------------
 
 
 def _poisson_nll(lam, y):
     return lam - y * torch.log(lam + LOG_EPS)
 
 
-def poisson_loss(intensity, target_amplitude, log_scale):
+def _lam_and_y(intensity, target_amplitude, log_scale, precision):
+    """``lam = exp(log_scale)**2 * I_hat`` and ``y = target**2`` (gradient to log_scale kept)."""
+    intensity = _real(intensity, check_precision(precision))
+    y = _real(target_amplitude, precision, intensity.device) ** 2
+    return torch.exp(2.0 * _real(log_scale, precision, intensity.device)) * intensity, y
+
+
+def poisson_loss(intensity, target_amplitude, log_scale, *, precision="float32"):
     """Poisson negative log-likelihood ``mean(lam - y log(lam + 1e-8))``.
 
     Parameters
@@ -320,42 +305,39 @@ def poisson_loss(intensity, target_amplitude, log_scale):
     -------
     loss : Tensor, shape ()
     """
-    intensity = _as_tensor(intensity)
-    y = _as_tensor(target_amplitude, device=intensity.device) ** 2
-    lam = torch.exp(2.0 * _scale_tensor(log_scale, intensity)) * intensity
+    lam, y = _lam_and_y(intensity, target_amplitude, log_scale, precision)
     return torch.mean(_poisson_nll(lam, y))
 
 
-def poisson_saturated(target_amplitude):
+def poisson_saturated(target_amplitude, *, precision="float32"):
     """The Poisson loss with ``lam = y``: the data-dependent constant, shape ()."""
-    y = _as_tensor(target_amplitude) ** 2
+    y = _real(target_amplitude, check_precision(precision)) ** 2
     return torch.mean(_poisson_nll(y, y))
 
 
-def poisson_deviance(intensity, target_amplitude, log_scale):
+def poisson_deviance(intensity, target_amplitude, log_scale, *, precision="float32"):
     """Poisson loss minus its value at ``lam = y`` (zero for a perfect model), shape ().
 
     Subtracted element by element before the mean, which equals the reference's
     difference of means but avoids cancelling two large float32 means.
     """
-    intensity = _as_tensor(intensity)
-    y = _as_tensor(target_amplitude, device=intensity.device) ** 2
-    lam = torch.exp(2.0 * _scale_tensor(log_scale, intensity)) * intensity
+    lam, y = _lam_and_y(intensity, target_amplitude, log_scale, precision)
     return torch.mean(_poisson_nll(lam, y) - _poisson_nll(y, y))
 
 
-def mae_loss(amplitude, target_amplitude, log_scale):
+def mae_loss(amplitude, target_amplitude, log_scale, *, precision="float32"):
     """Mean ``|exp(log_scale) * A_hat - s X|`` over all elements, shape ()."""
-    amplitude = _as_tensor(amplitude)
-    target = _as_tensor(target_amplitude, device=amplitude.device)
-    return torch.mean(torch.abs(torch.exp(_scale_tensor(log_scale, amplitude)) * amplitude - target))
+    amplitude = _real(amplitude, check_precision(precision))
+    target = _real(target_amplitude, precision, amplitude.device)
+    scale = torch.exp(_real(log_scale, precision, amplitude.device))
+    return torch.mean(torch.abs(scale * amplitude - target))
 
 
 # --- the physics half of the network, end to end -----------------------------------
 
 
-def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset=0,
-                    merge_weighting="support", probe_big=False, log_scale=0.0):
+def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset=0, merge_weighting="support",
+                    probe_big=False, log_scale=0.0, merge_normalization="spec", precision="float32"):
     """Everything after the network's heads: patches to predicted amplitudes.
 
     Parameters
@@ -374,6 +356,9 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     probe_big : bool
     log_scale : float or 0-d Tensor
         ``exp(log_scale)`` turns model amplitudes into count units (gradient kept).
+    merge_normalization : {"spec", "ptychopinn"}
+        See :func:`ptyparity.physics.merge_weight_pair`.
+    precision : {"float32", "float64"}
 
     Returns
     -------
@@ -381,28 +366,28 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
         ``object_patches``, ``object_canvas`` (object_big only), ``object_extracted``,
         ``exit_wave``, ``pred_intensity``, ``pred_amplitude``, ``pred_amplitude_counts``.
     """
-    amp = _as_tensor(amp)
-    phase = _as_tensor(phase, device=amp.device)
-    probe = _as_tensor(probe, device=amp.device)
+    amp = _real(amp, check_precision(precision))
+    phase = _real(phase, precision, amp.device)
+    probe = _complex(probe, precision, amp.device)
     if amp.shape != phase.shape or amp.ndim != 4:
-        raise ValueError(f"amp and phase must both have shape (B, N, N, C), got {tuple(amp.shape)} "
-                         f"and {tuple(phase.shape)}")
-    obj = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))  # (B, N, N, C) complex64
+        raise PtyparityError(f"amp and phase must both have shape (B, N, N, C), got {tuple(amp.shape)} "
+                             f"and {tuple(phase.shape)}")
+    if object_big and rel is None:
+        raise PtyparityError("object_big needs rel offsets of shape (B, C, 2)")
+    obj = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))  # (B, N, N, C)
     taps = {"object_patches": obj}
     if object_big:
-        if rel is None:
-            raise ValueError("object_big needs rel offsets of shape (B, C, 2)")
-        w = _merge_weights(probe, probe_big=probe_big, merge_weighting=merge_weighting)  # (N, N)
-        canvas = merge_patches(obj, rel, w, max_offset)  # (B, Pd, Pd)
+        w, w_cnt = _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision)
+        canvas = merge_patches(obj, rel, w, max_offset, count_weights=w_cnt, precision=precision)  # (B, Pd, Pd)
         taps["object_canvas"] = canvas
-        extracted = extract_patches(canvas, rel, obj.shape[1])  # (B, N, N, C)
+        extracted = extract_patches(canvas, rel, obj.shape[1], precision=precision)  # (B, N, N, C)
     else:
         extracted = obj
     taps["object_extracted"] = extracted
-    psi = illuminate(extracted, probe)
+    psi = illuminate(extracted, probe, precision=precision)
     taps["exit_wave"] = psi
-    inten = predicted_intensity(psi)
+    inten = predicted_intensity(psi, precision=precision)
     taps["pred_intensity"] = inten
-    taps["pred_amplitude"] = predicted_amplitude(inten)
-    taps["pred_amplitude_counts"] = torch.exp(_scale_tensor(log_scale, inten)) * taps["pred_amplitude"]
+    taps["pred_amplitude"] = predicted_amplitude(inten, precision=precision)
+    taps["pred_amplitude_counts"] = torch.exp(_real(log_scale, precision, inten.device)) * taps["pred_amplitude"]
     return taps

@@ -1,0 +1,171 @@
+"""The ``pipeline`` run: simulate -> train torch -> train tensorflow -> infer both ->
+compare, each step a nested child run in its own process (one framework per process).
+
+Each step is the ``ptyparity`` CLI, called with arguments built by :func:`cli_args`
+from one dict of option values, and reports the id of the run it opened through the
+file named by ``$PTYPARITY_RUN_ID_FILE`` (see :func:`ptyparity.tracking.start_run`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from ptyparity import names, tracking
+from ptyparity.errors import PtyparityError
+from ptyparity.runs.common import PipelineResult
+
+PRESETS = {
+    # Sized to finish within minutes on 2 CPU cores (f=1 trains ~3x faster than the default 2).
+    "small": {"n": 32, "n_filters_scale": 1, "n_groups": 512, "max_epochs": 8, "gridsize": 2, "batch_size": 16},
+    # The realistic size: a GPU job.
+    "full": {"n": 64, "n_filters_scale": 2, "n_groups": 4096, "max_epochs": 50, "gridsize": 2, "batch_size": 16},
+}
+SIMULATE_SIZES = ("n",)  # the preset's sizes for `simulate`; the others are `train` options
+BACKEND_STEPS = ("torch", "tensorflow")
+
+
+def cli_args(command, options):
+    """``[command, --option, value, …]`` for the ``ptyparity`` CLI.
+
+    Parameters
+    ----------
+    command : str
+    options : dict
+        ``{option_name: value}`` with Python names (``n_groups`` -> ``--n-groups``);
+        ``True``/``False`` give ``--flag``/``--no-flag``, ``None`` leaves the option out.
+    """
+    args = [command]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+    return args
+
+
+def resolve_preset(preset, overrides=None):
+    """The preset's sizes with ``overrides`` applied (a ``None`` or 0 override keeps the preset's)."""
+    if preset not in PRESETS:
+        raise PtyparityError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    sizes = dict(PRESETS[preset])
+    unknown = sorted(set(overrides or {}) - set(sizes))
+    if unknown:
+        raise PtyparityError(f"unknown pipeline overrides {unknown}; known: {', '.join(sizes)}")
+    sizes.update({k: v for k, v in (overrides or {}).items() if v})
+    return sizes
+
+
+def run_step(args, env, *, quiet, ok_codes=(0,)):
+    """Run ``python -m ptyparity ARGS`` as a child process.
+
+    Returns
+    -------
+    run_id : str
+        The run the step opened, as it reported it.
+    returncode : int
+        One of ``ok_codes`` (anything else raises :class:`PtyparityError`).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        id_file = os.path.join(tmp, "run_id")
+        proc = subprocess.run([sys.executable, "-m", "ptyparity", *args], env={**env, names.RUN_ID_FILE_ENV: id_file},
+                              stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
+                              text=True)
+        run_id = tracking.read_reported_run_id(id_file)
+    if proc.returncode not in ok_codes:
+        tail = (proc.stdout or "").strip().splitlines()[-1:] if quiet else []
+        raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' failed with exit code {proc.returncode}"
+                             + (f": {tail[0]}" if tail else ""))
+    if run_id is None:
+        raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' reported no run id; is the ptyparity on "
+                             f"{sys.executable} this version?")
+    return run_id, proc.returncode
+
+
+def _child_env(uri, parent_run_id):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_WAIT_POLICY="PASSIVE", TF_CPP_MIN_LOG_LEVEL="2")
+    env[names.PARENT_RUN_ID_ENV] = parent_run_id
+    env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run` for the parent only; children open their own
+    return env
+
+
+def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, experiment=names.DEFAULT_EXPERIMENT,
+                 quiet=False, accelerator="cpu", devices=1, overrides=None, echo=print):
+    """simulate -> train torch -> train tensorflow -> infer both -> compare, as one
+    ``pipeline`` run whose steps are nested child runs, each in its own process.
+
+    Parameters
+    ----------
+    preset : {"small", "full"}
+        Sizes from :data:`PRESETS`.
+    out_dir : path
+        Where the simulated data goes (reused when present, unless ``overwrite``).
+    overrides : dict, optional
+        ``{size: value}`` replacing the preset's (None or 0: keep it).
+    echo : callable
+        Receives one progress line per step.
+
+    Returns
+    -------
+    result : PipelineResult
+        ``compare_exit_code`` 0 pass, 1 fail or inconclusive.
+    """
+    sizes = resolve_preset(preset, overrides)
+    out_dir = os.fspath(out_dir)
+    train_path, test_path = os.path.join(out_dir, "train.npz"), os.path.join(out_dir, "test.npz")
+    uri = tracking.tracking_uri()
+    tracking.init_store(experiment=experiment)  # create the store once, before any child opens it
+    with tracking.start_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}") as parent:
+        experiment = tracking.experiment_name(parent)  # `mlflow run` may have chosen it
+        # Resolved sizes under their own names: `mlflow run` logs the entry point's raw
+        # parameters (n_groups=0 meaning "the preset's") on this same run.
+        tracking.log_params({"preset": preset, "seed": seed,
+                             **{f"{names.RESOLVED_PREFIX}{k}": v for k, v in sizes.items()}})
+        env = _child_env(uri, parent.info.run_id)
+        common = {"experiment": experiment}
+        if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
+            echo(f"[1/6] simulate N={sizes['n']} into {out_dir}")
+            run_step(cli_args("simulate", {"out_dir": out_dir, **{k: sizes[k] for k in SIMULATE_SIZES},
+                                           "seed": seed, "overwrite": True, **common, "run_name": "simulate"}),
+                     env, quiet=quiet)
+        else:
+            echo(f"[1/6] reusing {train_path} and {test_path} (pass --overwrite to simulate again)")
+        train_sizes = {k: v for k, v in sizes.items() if k not in SIMULATE_SIZES}
+        runs = {}
+        for step, backend in enumerate(BACKEND_STEPS, start=2):
+            echo(f"[{step}/6] train {backend}: {sizes['n_groups']} groups, {sizes['max_epochs']} epochs")
+            runs[f"train_{backend}"], _ = run_step(cli_args("train", {
+                "backend": backend, "train_data": train_path, "test_data": test_path, **train_sizes, "seed": seed,
+                "accelerator": accelerator, "devices": devices, "quiet": quiet, **common,
+                "run_name": f"train-{backend}"}), env, quiet=quiet)
+        for step, backend in enumerate(BACKEND_STEPS, start=4):
+            model_uri = _registered_model_uri(backend, runs[f"train_{backend}"])
+            echo(f"[{step}/6] infer {backend} with {model_uri}")
+            runs[f"infer_{backend}"], _ = run_step(cli_args("infer", {
+                "model": model_uri, "data": test_path, **common, "run_name": f"infer-{backend}"}), env, quiet=quiet)
+        echo("[6/6] compare")
+        runs["compare"], code = run_step(cli_args("compare", {
+            "torch_run": runs["infer_torch"], "tf_run": runs["infer_tensorflow"], **common, "run_name": "compare"}),
+            env, quiet=quiet, ok_codes=(0, 1))
+        compare = tracking.get_run(runs["compare"])
+        verdict = tracking.run_tag(compare, names.PARITY_VERDICT) or "error"
+        status = tracking.run_tag(compare, names.PARITY_STATUS) or "error"
+        tracking.set_tags({names.PARITY_STATUS: status, names.PARITY_VERDICT: verdict,
+                           **{f"{names.PIPELINE_TAG_PREFIX}{k}": v for k, v in runs.items()}})
+        return PipelineResult(run_id=parent.info.run_id, verdict=verdict, parity_status=status, runs=runs,
+                              compare_exit_code=code)
+
+
+def _registered_model_uri(backend, train_run_id):
+    """``models:/ptyparity-<backend>/<version>`` of the version ``train_run_id`` registered."""
+    name = names.registered_model_name(backend)
+    version = tracking.registered_version_of_run(name, train_run_id)
+    if version is None:
+        raise PtyparityError(f"train run {train_run_id} registered no version of {name}; check the registry "
+                             "of the tracking server")
+    return f"models:/{name}/{version}"

@@ -1,0 +1,235 @@
+"""The ``train`` run: fit one backend (:func:`ptyparity.training.fit_model`) and
+record the config, the losses, the debug dumps before and after, and the bundle.
+
+Each helper below has one job; :func:`run_train` only puts them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from ptyparity import names, tracking, training
+from ptyparity.data import dataset_digest
+from ptyparity.runs import common
+from ptyparity.runs.common import TrainResult, backend_independent_hash, config_params, pair_key, scale_params
+
+
+def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFAULT_EXPERIMENT, run_name=None,
+              quiet=False, accelerator="cpu", devices=1, log_patch_stats=True, debug_dump=True, init_from=None,
+              register=True, measurement="auto", force=False):
+    """Train one backend on a raw dataset inside a ``train`` run.
+
+    Parameters
+    ----------
+    backend : {"torch", "tensorflow"}
+    train_path : path
+        Raw training NPZ.
+    cfg : TrainConfig
+        ``N`` and ``max_offset`` are filled in from the data.
+    test_path : path, optional
+        Held-out data: its Poisson deviance before and after training is logged
+        (``test_deviance_initial``, ``test_deviance``).
+    init_from : str, optional
+        Bundle path or URI whose canonical weights start the training.
+    register : bool
+        Register the bundle as ``ptyparity-<backend>``.
+    force : bool
+        Train on data that cannot be photon counts (:func:`ptyparity.data.count_sanity`);
+        the warnings are kept as tag ``ptyparity.data_warnings``.
+
+    Returns
+    -------
+    result : TrainResult
+
+    Raises
+    ------
+    PtyparityError
+        Bad input, or a training that diverged (the run ends FAILED, no bundle).
+    """
+    from ptyparity.backends import load_backend
+
+    api = load_backend(backend)
+    data, test, cfg, ts, data_warnings = _load_inputs(train_path, test_path, cfg, measurement, force)
+    weights = _initial_weights(cfg, ts.scales, init_from)
+    digest = dataset_digest(data)
+    chash = backend_independent_hash(dataclasses.asdict(cfg))
+    tags = {names.TAG_DATASET_DIGEST: digest, names.TAG_CONFIG_HASH: chash,
+            names.TAG_PAIR_KEY: pair_key(digest, chash, cfg.seed)}
+    if init_from:
+        tags[names.TAG_INIT_FROM] = init_from
+    if data_warnings:
+        tags[names.TAG_DATA_WARNINGS] = data_warnings
+    with tracking.start_run("train", backend=backend, experiment=experiment, run_name=run_name, tags=tags) as run:
+        _log_inputs(api, backend, cfg, ts, data, digest, train_path)
+        model = api.build(cfg.model, ts.probe, weights)
+        probe = _Probe(api, model, data, test, ts, log_patch_stats=log_patch_stats, log_dump=debug_dump)
+        probe.dump(names.DEBUG_DUMP_INITIAL, 0, ts.scales)
+        dev0 = probe.test_deviance(ts.scales)
+        fit = _fit(api, model, ts, quiet=quiet, accelerator=accelerator, devices=devices)
+        tracking.log_params({"intensity_scale": fit.scales.intensity_scale})
+        final = probe.dump(names.DEBUG_DUMP_FINAL, cfg.max_epochs, fit.scales)
+        final.update({k: fit.history[k][-1] for k in ("train_loss", "val_loss", "train_deviance", "val_deviance")})
+        dev1 = probe.test_deviance(fit.scales)
+        if dev1 is not None:
+            tracking.log_metrics({"test_deviance_initial": dev0, "test_deviance": dev1})
+            final.update(test_deviance_initial=dev0, test_deviance=dev1)
+        _log_history(fit.history)
+        extra = {"train_run_id": run.info.run_id, "dataset_digest": digest, "config_hash": chash}
+        model_uri, version = _log_bundle(api, backend, cfg, ts, fit, extra, register=register)
+        return TrainResult(run_id=run.info.run_id, model_uri=model_uri, registered_version=version,
+                           history=fit.history, final_metrics=final)
+
+
+def _load_inputs(train_path, test_path, cfg, measurement, force):
+    """Training and test data, the config resolved against the data, the training set, and the
+    count-sanity warnings that ``force`` let through (text for a tag, "" when none)."""
+    from ptyparity.data import load_npz
+    from ptyparity.errors import PtyparityError
+
+    data = load_npz(train_path, measurement=measurement)
+    data_warnings = _count_sanity(train_path, data, force)
+    cfg = training.resolve_config(cfg, data)
+    ts = training.prepare(data, cfg)
+    test = load_npz(test_path, measurement=measurement) if test_path else None
+    if test is not None and test.N != data.N:
+        raise PtyparityError(f"{test_path}: patterns are {test.N}x{test.N} but the training data's are "
+                             f"{data.N}x{data.N}; use a matching test set")
+    return data, test, cfg, ts, data_warnings
+
+
+def _count_sanity(train_path, data, force):
+    """Refuse data that cannot be photon counts unless ``force``; the warnings as one text."""
+    from ptyparity.data import count_sanity
+    from ptyparity.errors import PtyparityError
+
+    found = count_sanity(data)
+    if found and not force:
+        raise PtyparityError(f"{train_path}: the data cannot be photon counts: "
+                             + "; ".join(w.message for w in found) + "; pass --force to train anyway")
+    return " | ".join(f"{w.code}: {w.message}" for w in found)[:5000]
+
+
+def _initial_weights(cfg, scales, init_from):
+    """Seeded initial weights, or a bundle's (``init_from``) with this data's ``log_scale``."""
+    from ptyparity import architecture, bundle
+    from ptyparity.errors import PtyparityError
+
+    if not init_from:
+        return architecture.init_weights(cfg.model, seed=cfg.seed, log_scale=scales.log_scale)
+    start = bundle.load_dir(bundle.resolve(init_from))
+    if start.model_cfg.N != cfg.model.N or \
+            architecture.weight_shapes(start.model_cfg) != architecture.weight_shapes(cfg.model):
+        raise PtyparityError(f"{init_from}: its network (N={start.model_cfg.N}, gridsize={start.model_cfg.gridsize}, "
+                             f"f={start.model_cfg.n_filters_scale}) does not match this training config; use "
+                             "matching --gridsize/--n-filters-scale")
+    weights = dict(start.weights)
+    weights[architecture.LOG_SCALE] = np.asarray(scales.log_scale, np.float32)
+    return weights
+
+
+def _log_inputs(api, backend, cfg, ts, data, digest, train_path):
+    """Params (config, starting scales but not ``intensity_scale``, versions, sizes),
+    the dataset input and ``config.json``."""
+    params = config_params(cfg)
+    params.update({k: v for k, v in scale_params(ts.scales).items() if k != "intensity_scale"})
+    params.update(api.versions())
+    params.update(patch_stats_limit=cfg.patch_stats_limit, n_train_groups=len(ts.train_idx),
+                  n_val_groups=len(ts.val_idx))
+    tracking.log_params(params)
+    tracking.log_dataset(data, name="train", digest=digest, source=train_path, context="training")
+    tracking.log_dict({"train_config": dataclasses.asdict(cfg), "scales": dataclasses.asdict(ts.scales),
+                       "backend": backend}, names.CONFIG_JSON)
+
+
+class _Probe:
+    """Looks at the model on fixed data: the debug dump of the first groups, and the
+    held-out deviance; called before and after training with the scales in effect."""
+
+    def __init__(self, api, model, data, test, ts, *, log_patch_stats, log_dump):
+        from ptyparity.physics import support_mask
+
+        self.api, self.model, self.data, self.test, self.ts = api, model, data, test, ts
+        self.log_patch_stats, self.log_dump = log_patch_stats, log_dump
+        self.which = np.arange(min(ts.cfg.patch_stats_limit, len(ts.groups)))
+        self.support = support_mask(ts.cfg.model.N, probe_big=ts.cfg.model.probe_big)
+
+    def dump(self, prefix, step, scales):
+        """Patch statistics (logged at ``step``) and the dump artifacts under ``prefix``."""
+        from ptyparity.inference import forward_groups, raw_groups
+
+        taps = forward_groups(self.api, self.model, self.data.diff3d, self.ts.groups, scales, which=self.which)
+        raw = raw_groups(self.data.diff3d, self.ts.groups, self.which)
+        metrics = common.debug_dump(taps, raw, self.support, prefix, log_dump=self.log_dump)
+        if self.log_patch_stats:
+            tracking.log_metrics(metrics, step=step)
+        return metrics
+
+    def test_deviance(self, scales, *, max_groups=1024):
+        """Mean Poisson deviance on the held-out data's inference groups (None without test data)."""
+        from ptyparity import physics
+        from ptyparity.inference import forward_groups
+
+        if self.test is None:
+            return None
+        cfg = self.ts.cfg
+        groups = training.inference_set(self.test, cfg.model, neighbor_count=cfg.neighbor_count, seed=cfg.seed)
+        which = np.arange(min(max_groups, len(groups)))
+        taps = forward_groups(self.api, self.model, self.test.diff3d, groups, scales, which=which,
+                              keep=("pred_intensity",))
+        target, _ = training.group_batch(self.test.diff3d, groups, which, input_norm=scales.input_norm,
+                                         data_scale=scales.data_scale)
+        return physics.poisson_deviance(taps["pred_intensity"], target, scales.log_scale)
+
+
+class _EpochLogger(training.TrainHooks):
+    """Logs each epoch's metrics as it ends; keeps the per-step values for one batch write."""
+
+    def __init__(self):
+        self.steps = {key: [] for key in training.STEP_KEYS}
+
+    def on_step(self, step, metrics):
+        for key in training.STEP_KEYS:
+            self.steps[key].append(metrics[key])
+
+    def on_epoch_end(self, epoch, metrics):
+        tracking.log_metrics(metrics, step=epoch)
+
+
+def _fit(api, model, ts, **fit_options):
+    """:func:`training.fit_model`, with the step series logged even when it diverges."""
+    hooks = _EpochLogger()
+    try:
+        return training.fit_model(api, model, ts, hooks=hooks, **fit_options)
+    finally:
+        for key in ("train_step_deviance", "train_step_loss"):
+            tracking.log_series(key, hooks.steps[key])
+
+
+def _log_history(history):
+    from ptyparity import report
+
+    tracking.log_figure(report.loss_figure(history), names.LOSS_PLOT)
+    tracking.log_dict(history, names.HISTORY_JSON)
+
+
+def _log_bundle(api, backend, cfg, ts, fit, extra, *, register):
+    """Save the bundle, log it as the run's pyfunc model and (``register``) register it.
+
+    Returns
+    -------
+    model_uri : str
+    version : str or None
+    """
+    from ptyparity import bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_dir = bundle.save(os.path.join(tmp, "bundle"), weights=fit.weights, model_cfg=cfg.model,
+                                 train_cfg=cfg, scales=fit.scales, probe=ts.probe, backend=backend,
+                                 versions=api.versions(), extra=extra)
+        return tracking.log_bundle_model(bundle_dir,
+                                         registered_model_name=names.registered_model_name(backend) if register
+                                         else None)
