@@ -68,6 +68,13 @@ def _user_errors(*, tracked=False):
         raise typer.Exit(code=2) from None
 
 
+def _given(ctx):
+    """The options the user typed (or set in the environment), not left at their default."""
+    from click.core import ParameterSource
+    return {p.name for p in ctx.command.params
+            if ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
 def _echo_links(run_id):
     from ptyparity import tracking
 
@@ -161,6 +168,7 @@ def inspect(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     train_data: Annotated[Path, typer.Option(help="Raw training NPZ.")],
     backend: Annotated[str, typer.Option(help="torch or tensorflow.")] = "torch",
     test_data: Annotated[Optional[Path], typer.Option(help="Held-out NPZ: deviance before/after training.")] = None,
@@ -211,7 +219,8 @@ def train(
         result = runs.run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment,
                                 run_name=run_name, quiet=quiet, accelerator=accelerator, devices=devices,
                                 log_patch_stats=log_patch_stats, debug_dump=debug_dump, init_from=init_from,
-                                register=register, measurement=measurement, force=force)
+                                register=register, measurement=measurement, force=force,
+                                explicit_fields=_given(ctx) if init_from else None)
     m = result.final_metrics
     typer.echo(f"trained {backend}: train_deviance {m['train_deviance']:.4g}, val_deviance {m['val_deviance']:.4g}"
                + (f", test_deviance {m['test_deviance_initial']:.4g} -> {m['test_deviance']:.4g}"
@@ -267,6 +276,8 @@ def compare(
     forward: Annotated[bool, typer.Option(help="Forward mode: same weights in both backends, per-tap errors.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Forward mode: the bundle (models:/…, runs:/… or path).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Forward mode: data for the batch (default: simulated).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Forward mode: judge this NPZ of dumped taps (PtychoPINN or ptyparity key names, with their inputs) against --model run on its inputs.")] = None,
+    backend: Annotated[str, typer.Option(help="With --reference: torch, tensorflow, both, numpy (the reference network) or all.")] = _kw(runs.run_compare_forward_reference, "backend"),
     ratio_tolerance: Annotated[float, typer.Option(help="Allowed |torch/tf - 1| of the scale factors and patch mean.")] = DEFAULT_THRESHOLDS["ratio_tolerance"],
     var_ratio_max_factor: Annotated[float, typer.Option(help="torch/tf var_zero_mean must lie in [1/F, F].")] = DEFAULT_THRESHOLDS["var_ratio_max_factor"],
     canvas_amp_ssim_min: Annotated[float, typer.Option(help="Floor of torch-vs-tf canvas amplitude SSIM.")] = DEFAULT_THRESHOLDS["canvas_amp_ssim_min"],
@@ -278,11 +289,19 @@ def compare(
 ):
     """Give the parity verdict of a torch/tensorflow pair (exit 0 pass, 1 fail or inconclusive, 2 error)."""
     with _user_errors(tracked=True):
+        if reference is not None and not forward:
+            raise PtyparityError("--reference judges a forward pass; add --forward and --model")
         if forward:
             if not model:
                 raise PtyparityError("--forward needs --model (models:/ptyparity-torch/<version>, runs:/… or a path)")
-            result = runs.run_compare_forward(model, data_path=data, tolerance=tap_tolerance, experiment=experiment,
-                                              run_name=run_name)
+            if reference is not None:
+                if data is not None:
+                    raise PtyparityError("--reference carries its own inputs; drop --data")
+                result = runs.run_compare_forward_reference(reference, model, backend=backend, tolerance=tap_tolerance,
+                                                            experiment=experiment, run_name=run_name)
+            else:
+                result = runs.run_compare_forward(model, data_path=data, tolerance=tap_tolerance,
+                                                  experiment=experiment, run_name=run_name)
         else:
             thresholds = {"ratio_tolerance": ratio_tolerance, "var_ratio_max_factor": var_ratio_max_factor,
                           "canvas_amp_ssim_min": canvas_amp_ssim_min, "canvas_phase_ssim_min": canvas_phase_ssim_min,
@@ -337,6 +356,38 @@ def pipeline(
     typer.echo(f"  pipeline run       {result.run_id}")
     _echo_links(result.runs["compare"])
     raise typer.Exit(code=result.compare_exit_code)
+
+
+import_app = typer.Typer(help="Bring models trained elsewhere into the registry as ptyparity bundles.",
+                         no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("ptychopinn")
+def import_ptychopinn(
+    checkpoint: Annotated[Path, typer.Argument(help="The wts.h5.zip PtychoPINN's model_manager.save wrote.")],
+    data: Annotated[Path, typer.Option(help="The PtychoPINN-format NPZ the model was trained on (its probeGuess).")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = _kw(runs.run_import, "name"),
+    config_yaml: Annotated[Optional[Path], typer.Option("--config", help="The training YAML; its model section must agree with the checkpoint.")] = _kw(runs.run_import, "config_yaml"),
+    upstream_commit: Annotated[Optional[str], typer.Option(help="The PtychoPINN commit the model was trained with.")] = _kw(runs.run_import, "upstream_commit"),
+    register: Annotated[bool, typer.Option(help="Register the bundle under --name.")] = _kw(runs.run_import, "register"),
+    experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+):
+    """Import a real PtychoPINN TensorFlow checkpoint (never unpickled) and register it."""
+    with _user_errors(tracked=True):
+        result = runs.run_import(checkpoint, data, name=name, config_yaml=config_yaml, upstream_commit=upstream_commit,
+                                 register=register, experiment=experiment, run_name=run_name)
+    m, s = result.model_cfg, result.scales
+    typer.echo(f"imported {checkpoint}: N={m.N}, gridsize={m.gridsize}, n_filters_scale={m.n_filters_scale}, "
+               f"object_big={m.object_big}, probe_big={m.probe_big}, intensity_scale {s.intensity_scale:.6g}")
+    typer.echo("  conventions: " + ", ".join(f"{k}={v}" for k, v in m.conventions.items()))
+    typer.echo(f"  source:    sha256 {result.provenance['sha256'][:12]}…, upstream commit "
+               f"{result.provenance.get('upstream_commit') or 'not given'}\n  run id:    {result.run_id}")
+    typer.echo(f"  model:     {result.model_uri}"
+               + (f"  (models:/{result.registered_name}/{result.registered_version})"
+                  if result.registered_version else ""))
+    _echo_links(result.run_id)
 
 
 def main():

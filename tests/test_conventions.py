@@ -14,6 +14,7 @@ from ptyparity import architecture, normalization, physics, reference_network
 from ptyparity.config import (CONVENTION_CHOICES, PTYCHOPINN_CONVENTIONS, SPEC_CONVENTIONS, ModelConfig, TrainConfig,
                               config_hash, model_config_from_dict)
 from ptyparity.errors import PtyparityError
+from tests.conftest import TAP_RTOL
 from ptyparity.names import TAP_NAMES
 
 V1_BUNDLE_JSON = pathlib.Path(__file__).parent / "data" / "bundle_v1" / "bundle.json"
@@ -327,4 +328,4 @@ def test_reference_network_matches_the_torch_backend_on_spec_layouts(object_big,
     assert set(backend) == set(reference)
     for name, value in reference.items():
         err = np.abs(np.asarray(backend[name]) - value).max() / np.abs(value).max()
-        assert err <= 1e-4, (name, err)
+        assert err <= TAP_RTOL, (name, err)

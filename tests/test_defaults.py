@@ -17,7 +17,17 @@ from ptyparity.parity import DEFAULT_THRESHOLDS
 from ptyparity.simulate import SimConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COMMANDS = typer.main.get_command(app).commands
+
+
+def _leaf_commands(group, prefix=""):
+    """Every command by its full name ("train", "import ptychopinn")."""
+    out = {}
+    for name, cmd in group.commands.items():
+        out.update(_leaf_commands(cmd, f"{prefix}{name} ") if hasattr(cmd, "commands") else {prefix + name: cmd})
+    return out
+
+
+COMMANDS = _leaf_commands(typer.main.get_command(app))
 # CLI options named differently from the dataclass field they set.
 FIELD_OF_OPTION = {("simulate", "n"): "N", ("simulate", "jitter"): "jitter_px",
                    ("simulate", "object_size"): "object_size_px", ("simulate", "scan_step"): "scan_step_px"}
@@ -27,7 +37,7 @@ DATACLASSES = {"simulate": (SimConfig,), "train": (ModelConfig, TrainConfig)}
 NOT_OPTIONS = {"simulate": {"probe_edge_phase_rad"},
                "train": {"N", "max_offset", "model", "val_fraction", *CONVENTION_CHOICES}}
 WORKFLOWS = {"simulate": runs.run_simulate, "train": runs.run_train, "infer": runs.run_infer,
-             "compare": runs.run_compare, "pipeline": runs.run_pipeline}
+             "compare": runs.run_compare, "pipeline": runs.run_pipeline, "import ptychopinn": runs.run_import}
 # CLI spellings of a workflow's None.
 CLI_SPELLING = {("infer", "backend"): {"auto": None}}
 # MLproject defaults that differ from the CLI's on purpose, with the reason.
@@ -62,6 +72,8 @@ def entry_point_options(entry):
     tokens = shlex.split(entry["command"])
     assert tokens[:3] == ["python", "-m", "ptyparity"], entry["command"]
     command, rest = tokens[3], tokens[4:]
+    if command not in COMMANDS:  # a command of a group: "import ptychopinn"
+        command, rest = f"{tokens[3]} {tokens[4]}", tokens[5:]
     params = {p.opts[0]: p.name for p in COMMANDS[command].params} | \
              {o: p.name for p in COMMANDS[command].params for o in p.opts}
     out = []
@@ -131,7 +143,8 @@ def test_compare_thresholds_are_the_parity_defaults():
     for key in keys:
         assert option("compare", key).default == DEFAULT_THRESHOLDS[key], key
     assert option("compare", "tap_tolerance").default == \
-        inspect.signature(runs.run_compare_forward).parameters["tolerance"].default
+        inspect.signature(runs.run_compare_forward).parameters["tolerance"].default == \
+        inspect.signature(runs.run_compare_forward_reference).parameters["tolerance"].default
 
 
 def test_width_default_is_the_spec_value_and_the_cpu_preset_says_its_own():

@@ -20,7 +20,7 @@ from ptyparity.runs.common import TrainResult, backend_independent_hash, config_
 
 def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFAULT_EXPERIMENT, run_name=None,
               quiet=False, accelerator="cpu", devices=1, log_patch_stats=True, debug_dump=True, init_from=None,
-              register=True, measurement="auto", force=False):
+              register=True, measurement="auto", force=False, explicit_fields=None):
     """Train one backend on a raw dataset inside a ``train`` run.
 
     Parameters
@@ -34,7 +34,13 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFA
         Held-out data: its Poisson deviance before and after training is logged
         (``test_deviance_initial``, ``test_deviance``).
     init_from : str, optional
-        Bundle path or URI whose canonical weights start the training.
+        Bundle path or URI whose canonical weights start the training. The network and
+        the conventions (:data:`FOLLOWED_FIELDS`: gridsize, n_filters_scale, object_big,
+        probe_big, head_layout, …) follow that bundle; a field in ``explicit_fields`` that
+        contradicts it is refused.
+    explicit_fields : collection of str, optional
+        The ``ModelConfig`` fields the user set (the CLI's options given on the command
+        line); None: the fields that differ from the ``ModelConfig`` default.
     register : bool
         Register the bundle as ``ptyparity-<backend>``.
     force : bool
@@ -53,8 +59,14 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFA
     from ptyparity.backends import load_backend
 
     api = load_backend(backend)
+    start = None
+    if init_from:
+        from ptyparity import bundle
+
+        start = bundle.load_dir(bundle.resolve(init_from))
+        cfg = follow_bundle(cfg, start.model_cfg, init_from, explicit_fields)
     data, test, cfg, ts, data_warnings = _load_inputs(train_path, test_path, cfg, measurement, force)
-    weights = _initial_weights(cfg, ts.scales, init_from)
+    weights = _initial_weights(cfg, ts.scales, init_from, start)
     digest = dataset_digest(data)
     chash = backend_independent_hash(dataclasses.asdict(cfg))
     tags = {names.TAG_DATASET_DIGEST: digest, names.TAG_CONFIG_HASH: chash,
@@ -113,14 +125,47 @@ def _count_sanity(train_path, data, force):
     return " | ".join(f"{w.code}: {w.message}" for w in found)[:5000]
 
 
-def _initial_weights(cfg, scales, init_from):
-    """Seeded initial weights, or a bundle's (``init_from``) with this data's ``log_scale``."""
-    from ptyparity import architecture, bundle
+# What a fine-tuned model takes from the bundle it starts from: its network and its conventions.
+FOLLOWED_FIELDS = ("gridsize", "n_filters_scale", "object_big", "probe_big", "head_layout", "probe_normalization",
+                   "input_normalization", "merge_normalization")
+
+
+def follow_bundle(cfg, start_model_cfg, init_from, explicit_fields=None):
+    """``cfg`` with the network and conventions of the starting bundle (:data:`FOLLOWED_FIELDS`).
+
+    Raises
+    ------
+    PtyparityError
+        When a field the user set (``explicit_fields``; None: those differing from the
+        ``ModelConfig`` default) contradicts the bundle.
+    """
+    from ptyparity.config import SPEC_CONVENTIONS, ModelConfig
+    from ptyparity.errors import PtyparityError
+
+    default = ModelConfig()
+    given = ({f for f in FOLLOWED_FIELDS if getattr(cfg.model, f) != getattr(default, f)}
+             if explicit_fields is None else set(explicit_fields))
+    clash = [f"{f}={getattr(cfg.model, f)!r} (the bundle has {getattr(start_model_cfg, f)!r})"
+             for f in FOLLOWED_FIELDS if f in given and getattr(cfg.model, f) != getattr(start_model_cfg, f)]
+    if clash:
+        raise PtyparityError(f"--init-from {init_from}: the training options contradict the bundle: "
+                             f"{', '.join(clash)}; drop them (the network follows the bundle)")
+    followed = {f: getattr(start_model_cfg, f) for f in FOLLOWED_FIELDS}
+    if start_model_cfg.conventions != SPEC_CONVENTIONS:
+        # An upstream model's canvas is part of what it computes (patches beyond it are cut off),
+        # so it keeps its own size rather than one resolved from the new data's scan step.
+        followed["max_offset"] = start_model_cfg.max_offset
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **followed))
+
+
+def _initial_weights(cfg, scales, init_from, start=None):
+    """Seeded initial weights, or the starting bundle's (``start``, read from ``init_from``)
+    with this data's ``log_scale``."""
+    from ptyparity import architecture
     from ptyparity.errors import PtyparityError
 
     if not init_from:
         return architecture.init_weights(cfg.model, seed=cfg.seed, log_scale=scales.log_scale)
-    start = bundle.load_dir(bundle.resolve(init_from))
     if start.model_cfg.N != cfg.model.N or \
             architecture.weight_shapes(start.model_cfg) != architecture.weight_shapes(cfg.model):
         raise PtyparityError(f"{init_from}: its network (N={start.model_cfg.N}, gridsize={start.model_cfg.gridsize}, "
