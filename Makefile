@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps run test clean
+.PHONY: setup system-deps run test matrix clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ system-deps:
 
 test: setup system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The parity matrix as a CI gate: both backends against the NumPy reference and each other
+# over a representative subset of the configuration space; exits 1 when any cell fails.
+matrix: setup
+	$(VENV)/bin/ptyparity matrix --quick
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts data outputs

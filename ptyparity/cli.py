@@ -13,8 +13,6 @@ checks that ``MLproject`` agrees.
 
 from __future__ import annotations
 
-import contextlib
-import inspect as _inspect
 import json
 import os
 from pathlib import Path
@@ -22,7 +20,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ptyparity import names, runs, tracking, tracking_preflight
+from ptyparity import cli_import, names, runs
+from ptyparity.cli_support import EXPERIMENT, EXPERIMENT_HELP
+from ptyparity.cli_support import echo_links as _echo_links
+from ptyparity.cli_support import given_options as _given
+from ptyparity.cli_support import option_default as _kw
+from ptyparity.cli_support import user_errors as _user_errors
 from ptyparity.config import ModelConfig, TrainConfig
 from ptyparity.errors import PtyparityError
 from ptyparity.parity import DEFAULT_THRESHOLDS
@@ -36,53 +39,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-EXPERIMENT_HELP = "MLflow experiment name (created when missing)."
-EXPERIMENT = names.DEFAULT_EXPERIMENT
-
-
-def _kw(fn, name):
-    """Default of keyword argument ``name`` of workflow function ``fn``."""
-    return _inspect.signature(fn).parameters[name].default
-
+app.add_typer(cli_import.import_app, name="import")
 
 _SIM = SimConfig()  # defaults of the dataclass fields, read by the options below
 _MODEL = ModelConfig()
 _TRAIN = TrainConfig()
-
-
-@contextlib.contextmanager
-def _user_errors(*, tracked=False):
-    """One line and exit 2 for a user mistake or a tracking error (MLflow, its server or database);
-    ``tracked``: check the tracking store first, before any work (fails fast on a wrong URI)."""
-    try:
-        if tracked:
-            tracking.check_store()
-        yield
-    except PtyparityError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
-    except Exception as exc:
-        if not tracking_preflight.is_tracking_error(exc):
-            raise
-        typer.echo(f"error: {tracking_preflight.error_line(exc, tracking.tracking_uri())}", err=True)
-        raise typer.Exit(code=2) from None
-
-
-def _given(ctx):
-    """The options the user typed (or set in the environment), not left at their default."""
-    from click.core import ParameterSource
-    return {p.name for p in ctx.command.params
-            if ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-
-
-def _echo_links(run_id):
-    from ptyparity import tracking
-
-    links = tracking.run_links(run_id)
-    typer.echo(f"  tracking:  {tracking.tracking_uri()}")
-    if "start_ui" in links:
-        typer.echo(f"  open UI:   {links['start_ui']}")
-    typer.echo(f"  run page:  {links['ui']}")
 
 
 @app.command()
@@ -358,37 +319,36 @@ def pipeline(
     raise typer.Exit(code=result.compare_exit_code)
 
 
-import_app = typer.Typer(help="Bring models trained elsewhere into the registry as ptyparity bundles.",
-                         no_args_is_help=True)
-app.add_typer(import_app, name="import")
+from ptyparity.runs.matrix import run_matrix as _run_matrix  # noqa: E402  (no framework, no mlflow)
 
 
-@import_app.command("ptychopinn")
-def import_ptychopinn(
-    checkpoint: Annotated[Path, typer.Argument(help="The wts.h5.zip PtychoPINN's model_manager.save wrote.")],
-    data: Annotated[Path, typer.Option(help="The PtychoPINN-format NPZ the model was trained on (its probeGuess).")],
-    name: Annotated[str, typer.Option(help="Registered model name.")] = _kw(runs.run_import, "name"),
-    config_yaml: Annotated[Optional[Path], typer.Option("--config", help="The training YAML; its model section must agree with the checkpoint.")] = _kw(runs.run_import, "config_yaml"),
-    upstream_commit: Annotated[Optional[str], typer.Option(help="The PtychoPINN commit the model was trained with.")] = _kw(runs.run_import, "upstream_commit"),
-    register: Annotated[bool, typer.Option(help="Register the bundle under --name.")] = _kw(runs.run_import, "register"),
+@app.command()
+def matrix(
+    axes: Annotated[Optional[str], typer.Option(help="Axes to sweep, comma-separated, optionally with values: object_big,probe_big,gridsize,N,merge_weighting,loss_mode,intensity_scale_trainable,precision (e.g. gridsize=2,N=32:64). Default: all; the others keep their config default.")] = _kw(_run_matrix, "axes"),
+    train_steps: Annotated[int, typer.Option(help="Also train K deterministic steps per cell on both backends and compare the per-step deviance (0: forward only).")] = _kw(_run_matrix, "train_steps"),
+    quick: Annotated[bool, typer.Option(help="A representative subset (every value of every axis; under 2 minutes on 2 cores).")] = _kw(_run_matrix, "quick"),
+    seed: Annotated[int, typer.Option(help="Seed of the simulated data, groups and weights.")] = _kw(_run_matrix, "seed"),
     experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
 ):
-    """Import a real PtychoPINN TensorFlow checkpoint (never unpickled) and register it."""
-    with _user_errors(tracked=True):
-        result = runs.run_import(checkpoint, data, name=name, config_yaml=config_yaml, upstream_commit=upstream_commit,
-                                 register=register, experiment=experiment, run_name=run_name)
-    m, s = result.model_cfg, result.scales
-    typer.echo(f"imported {checkpoint}: N={m.N}, gridsize={m.gridsize}, n_filters_scale={m.n_filters_scale}, "
-               f"object_big={m.object_big}, probe_big={m.probe_big}, intensity_scale {s.intensity_scale:.6g}")
-    typer.echo("  conventions: " + ", ".join(f"{k}={v}" for k, v in m.conventions.items()))
-    typer.echo(f"  source:    sha256 {result.provenance['sha256'][:12]}…, upstream commit "
-               f"{result.provenance.get('upstream_commit') or 'not given'}\n  run id:    {result.run_id}")
-    typer.echo(f"  model:     {result.model_uri}"
-               + (f"  (models:/{result.registered_name}/{result.registered_version})"
-                  if result.registered_version else ""))
-    _echo_links(result.run_id)
+    """Sweep the configuration space: both backends against the NumPy reference and each other.
 
+    One ``matrix`` run with one nested child per cell; exits 0 when every cell passes,
+    1 when any fails, 2 on bad input.
+    """
+    with _user_errors():  # bad axes: one line, before the store is touched
+        from ptyparity import matrix as parity_matrix
+
+        parity_matrix.cell_grid(parity_matrix.parse_axes(axes), train_steps=train_steps, quick=quick)
+    with _user_errors(tracked=True):
+        result = _run_matrix(axes=axes, train_steps=train_steps, quick=quick, seed=seed, experiment=experiment,
+                             run_name=run_name, echo=typer.echo)
+    failed = result.failed_cells
+    typer.echo(f"matrix: {result.status.upper()}  {len(result.results) - len(failed)} of {len(result.results)} "
+               f"cells pass in {result.seconds:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    typer.echo(f"  matrix run:  {result.run_id}  (table: {names.MATRIX_TABLE})")
+    _echo_links(result.run_id)
+    raise typer.Exit(code=result.exit_code)
 
 def main():
     """Entry point of the ``ptyparity`` console script."""

@@ -29,8 +29,10 @@ HEAD_LAYOUTS = ("spec", "ptychopinn")
 PROBE_NORMALIZATIONS = ("spec", "ptychopinn")
 INPUT_NORMALIZATIONS = ("dataset", "per_set")
 MERGE_NORMALIZATIONS = ("spec", "ptychopinn")
+GROUP_OFFSETS = ("limited", "unlimited")
 CONVENTION_CHOICES = {"head_layout": HEAD_LAYOUTS, "probe_normalization": PROBE_NORMALIZATIONS,
-                      "input_normalization": INPUT_NORMALIZATIONS, "merge_normalization": MERGE_NORMALIZATIONS}
+                      "input_normalization": INPUT_NORMALIZATIONS, "merge_normalization": MERGE_NORMALIZATIONS,
+                      "group_offsets": GROUP_OFFSETS}
 SPEC_CONVENTIONS = {name: choices[0] for name, choices in CONVENTION_CHOICES.items()}
 # What a model imported from PtychoPINN (ptyparity.ptychopinn) carries.
 PTYCHOPINN_CONVENTIONS = {name: choices[1] for name, choices in CONVENTION_CHOICES.items()}
@@ -72,6 +74,10 @@ class ModelConfig:
     # N/2 window + 1e-3 (physics.merge_weight_pair). It equals SPEC's support weighting unless
     # probe_big (where SPEC's support is all ones); needs merge_weighting "support".
     merge_normalization: str = "spec"
+    # "unlimited": groups are never redrawn for offsets beyond max_offset; what falls outside the
+    # canvas is cut off, as upstream does (its fixture's groups reach 11.6 px on a 7 px margin).
+    # "limited": SPEC §2's redraw rule (grouping.group_positions, enforce_max_offset).
+    group_offsets: str = "limited"
 
     def __post_init__(self):
         _check_choice("N", self.N, PATCH_SIZES)

@@ -68,7 +68,7 @@ def _make_groups(positions, indices):
 
 
 def group_positions(positions, *, gridsize, n_groups=None, neighbor_count=7, max_offset=None,
-                    seed=0, seeds=None):
+                    seed=0, seeds=None, enforce_max_offset=True):
     """Form groups of ``C = gridsize**2`` neighbouring scan positions.
 
     Parameters
@@ -90,6 +90,9 @@ def group_positions(positions, *, gridsize, n_groups=None, neighbor_count=7, max
         Seed of the NumPy generator; the same seed gives the same groups.
     seeds : ndarray of int, optional
         Explicit seed positions (inference: every scan position seeds one group).
+    enforce_max_offset : bool
+        Redraw groups beyond ``max_offset`` (SPEC §2). False keeps the first draw, as
+        PtychoPINN does (``ModelConfig.group_offsets = "unlimited"``).
 
     Returns
     -------
@@ -135,6 +138,8 @@ def group_positions(positions, *, gridsize, n_groups=None, neighbor_count=7, max
         return np.concatenate([seeds[which, None], partners], axis=1)
 
     indices = draw(np.arange(len(seeds)))
+    if not enforce_max_offset:
+        return _make_groups(positions, indices)
     for _ in range(MAX_REDRAWS):
         pos = positions[indices]
         rel = pos - pos.mean(axis=1, keepdims=True)
@@ -147,7 +152,7 @@ def group_positions(positions, *, gridsize, n_groups=None, neighbor_count=7, max
         f"raise --max-offset or lower --neighbor-count")
 
 
-def inference_groups(positions, *, gridsize, neighbor_count=7, max_offset=None, seed=0):
+def inference_groups(positions, *, gridsize, neighbor_count=7, max_offset=None, seed=0, enforce_max_offset=True):
     """Groups for inference: every scan position seeds exactly one group.
 
     Partners are drawn with ``seed + 1`` so that inference never reuses the training
@@ -155,4 +160,5 @@ def inference_groups(positions, *, gridsize, neighbor_count=7, max_offset=None, 
     """
     m = len(np.asarray(positions))
     return group_positions(positions, gridsize=gridsize, neighbor_count=neighbor_count,
-                           max_offset=max_offset, seed=seed + 1, seeds=np.arange(m))
+                           max_offset=max_offset, seed=seed + 1, seeds=np.arange(m),
+                           enforce_max_offset=enforce_max_offset)

@@ -17,7 +17,7 @@ STITCH_TAP = "object_extracted"
 
 # --- experiment and run kinds -----------------------------------------------------------
 DEFAULT_EXPERIMENT = "ptyparity"
-KINDS = ("simulate", "train", "infer", "compare", "pipeline", "import")
+KINDS = ("simulate", "train", "infer", "compare", "pipeline", "import", "matrix", "matrix_cell")
 
 # --- artifact paths ---------------------------------------------------------------------
 SIMULATE_JSON = "simulate.json"
@@ -122,3 +122,15 @@ def registered_model_name(backend):
 PARENT_RUN_ID_ENV = "PTYPARITY_PARENT_RUN_ID"
 # ...and writes the id of the run it opened into the file this names, for the parent to read.
 RUN_ID_FILE_ENV = "PTYPARITY_RUN_ID_FILE"
+
+# --- the parity matrix (ptyparity matrix) ------------------------------------------------
+# One parent run of kind "matrix", one nested child of kind "matrix_cell" per cell.
+KIND_MATRIX = "matrix"
+KIND_MATRIX_CELL = "matrix_cell"
+MATRIX_SUMMARY = "matrix/summary.json"
+MATRIX_TABLE = "matrix/table.html"  # cells x taps, coloured by error / tolerance, sortable
+MATRIX_HEATMAP = "matrix/heatmap.png"
+PARITY_FAILED_CELLS = "parity.failed_cells"  # on the parent: the failed cell ids, or NONE_LISTED
+TAG_MATRIX_CELL = "ptyparity.matrix_cell"  # on a child: its cell id
+PARITY_FIRST_DIVERGENT_COMPARISON = "parity.first_divergent_comparison"  # on a child
+TRAJECTORY_PREFIX = "trajectory."  # a child's trajectory.error, .floor, .tolerance metrics

@@ -177,7 +177,7 @@ def prepare(data, cfg: TrainConfig):
     model = cfg.model
     groups = group_positions(data.positions, gridsize=model.gridsize, n_groups=cfg.n_groups,
                              neighbor_count=cfg.neighbor_count, max_offset=model.max_offset or None,
-                             seed=cfg.seed)
+                             seed=cfg.seed, enforce_max_offset=model.group_offsets == "limited")
     n_val = int(round(cfg.val_fraction * len(groups))) if cfg.val_fraction > 0 else 0
     if cfg.val_fraction > 0:
         n_val = max(1, n_val)
@@ -195,7 +195,8 @@ def prepare(data, cfg: TrainConfig):
 def inference_set(data, model_cfg, *, neighbor_count, seed):
     """Groups for inference: every scan position seeds one group (SPEC §2)."""
     return inference_groups(data.positions, gridsize=model_cfg.gridsize, neighbor_count=neighbor_count,
-                            max_offset=model_cfg.max_offset or None, seed=seed)
+                            max_offset=model_cfg.max_offset or None, seed=seed,
+                            enforce_max_offset=model_cfg.group_offsets == "limited")
 
 
 class PlateauRule:

@@ -27,7 +27,8 @@ def test_spec_is_the_default_of_every_convention():
     assert ModelConfig().conventions == SPEC_CONVENTIONS
     assert set(SPEC_CONVENTIONS) == set(PTYCHOPINN_CONVENTIONS) == set(CONVENTION_CHOICES)
     assert PTYCHOPINN_CONVENTIONS == {"head_layout": "ptychopinn", "probe_normalization": "ptychopinn",
-                                      "input_normalization": "per_set", "merge_normalization": "ptychopinn"}
+                                      "input_normalization": "per_set", "merge_normalization": "ptychopinn",
+                                      "group_offsets": "unlimited"}
 
 
 @pytest.mark.parametrize("field", sorted(CONVENTION_CHOICES))

@@ -71,3 +71,30 @@ def test_inference_groups_seed_every_position_once(positions):
     assert np.array_equal(g.indices[:, 0], np.arange(len(positions)))
     again = grouping.inference_groups(positions, gridsize=2, seed=0)
     assert np.array_equal(g.indices, again.indices)
+
+
+def test_unlimited_offsets_keep_the_first_draw(positions):
+    # PtychoPINN's convention (ModelConfig.group_offsets = "unlimited"): no redraw, so the
+    # groups equal the first draw of the limited rule's generator, offsets beyond max_offset kept.
+    kept = grouping.group_positions(positions, gridsize=2, n_groups=200, max_offset=3, seed=0,
+                                    enforce_max_offset=False)
+    limited = grouping.group_positions(positions, gridsize=2, n_groups=200, max_offset=3, seed=0)
+    assert np.abs(kept.rel).max() > 3 >= np.abs(limited.rel).max()
+    wide = grouping.group_positions(positions, gridsize=2, n_groups=200, max_offset=100, seed=0)
+    assert np.array_equal(kept.indices, wide.indices)  # max_offset 100: nothing was redrawn
+    inf = grouping.inference_groups(positions, gridsize=2, max_offset=0, seed=0, enforce_max_offset=False)
+    assert len(inf) == len(positions)
+
+
+def test_group_offsets_convention_chooses_the_rule():
+    from ptyparity import training
+    from ptyparity.config import ModelConfig
+    from ptyparity.simulate import SimConfig, simulate
+
+    data, _ = simulate(SimConfig(N=32, object_size_px=96, seed=1))
+    tight = ModelConfig(N=32, max_offset=1)
+    with pytest.raises(PtyparityError, match="exceed max_offset=1"):
+        training.inference_set(data, tight, neighbor_count=7, seed=0)
+    groups = training.inference_set(data, ModelConfig(N=32, max_offset=1, group_offsets="unlimited"),
+                                    neighbor_count=7, seed=0)
+    assert len(groups) == data.n_patterns and np.abs(groups.rel).max() > 1

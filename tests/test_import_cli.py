@@ -282,10 +282,20 @@ def test_upstream_layouts_load_and_reconstruct_the_same(store, tmp_path):
 
 
 def test_the_imported_models_two_backends_agree(infers):
-    out = invoke("compare", "--torch-run", infers["torch"].info.run_id, "--tf-run",
-                 infers["tensorflow"].info.run_id, "--run-name", "cmp-imported")
-    assert "verdict: PASS" in out
-    assert run_named("cmp-imported").data.tags[names.PARITY_STATUS] == "pass"
+    # Same weights in both backends: every agreement check passes. The quality checks are the
+    # model's own business: upstream's amplitude is a sigmoid (<= 1) while this objectGuess's is
+    # 2.4-5.8, so the amplitude SSIM may lose to the flat guess; the verdict says what it says.
+    result = CliRunner().invoke(app, ["compare", "--torch-run", infers["torch"].info.run_id, "--tf-run",
+                                      infers["tensorflow"].info.run_id, "--run-name", "cmp-imported"])
+    run = run_named("cmp-imported")
+    tags = run.data.tags
+    assert tags[names.PARITY_STATUS] == "pass", result.output
+    assert result.exit_code == (0 if tags[names.PARITY_VERDICT] == "pass" else 1), result.output
+    failed = [c for c in tags[names.PARITY_FAILED_CHECKS].split(",") if c != names.NONE_LISTED]
+    assert all(".gt_skill." in c for c in failed), failed  # only quality checks may fail
+    assert run.data.metrics["canvas.amp.ssim"] > 0.99 and run.data.metrics["canvas.phase.ssim"] > 0.99
+    print(f"\nimported model, torch vs tensorflow: {tags[names.PARITY_VERDICT]} "
+          f"(parity {tags[names.PARITY_STATUS]}, quality {tags[names.QUALITY_STATUS]})")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 One module per workflow (:mod:`~ptyparity.runs.simulate`, :mod:`~ptyparity.runs.train`,
 :mod:`~ptyparity.runs.infer`, :mod:`~ptyparity.runs.compare`,
-:mod:`~ptyparity.runs.pipeline`, :mod:`~ptyparity.runs.importing`) over the shared :mod:`~ptyparity.runs.common`. The CLI
+:mod:`~ptyparity.runs.pipeline`, :mod:`~ptyparity.runs.importing`,
+:mod:`~ptyparity.runs.forward_reference`) over the shared :mod:`~ptyparity.runs.common`. The CLI
 and the MLproject entry points are thin shells over these functions. Importing this
 package imports no framework and not mlflow (:mod:`ptyparity.tracking` does, lazily).
 """
@@ -17,6 +18,6 @@ from ptyparity.runs.pipeline import PRESETS, run_pipeline
 from ptyparity.runs.simulate import run_simulate
 from ptyparity.runs.train import run_train
 
-__all__ = ["CompareResult", "ImportResult", "InferResult", "PipelineResult", "SimulateResult", "TrainResult", "PRESETS",
-           "backend_independent_hash", "pair_key", "resolve_pair", "run_compare", "run_compare_forward",
+__all__ = ["CompareResult", "ImportResult", "InferResult", "PipelineResult", "SimulateResult", "TrainResult",
+           "PRESETS", "backend_independent_hash", "pair_key", "resolve_pair", "run_compare", "run_compare_forward",
            "run_compare_forward_reference", "run_import", "run_infer", "run_pipeline", "run_simulate", "run_train"]

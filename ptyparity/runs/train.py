@@ -15,6 +15,7 @@ import numpy as np
 from ptyparity import names, tracking, training
 from ptyparity.data import dataset_digest
 from ptyparity.runs import common
+from ptyparity.config import CONVENTION_CHOICES
 from ptyparity.runs.common import TrainResult, backend_independent_hash, config_params, pair_key, scale_params
 
 
@@ -126,8 +127,7 @@ def _count_sanity(train_path, data, force):
 
 
 # What a fine-tuned model takes from the bundle it starts from: its network and its conventions.
-FOLLOWED_FIELDS = ("gridsize", "n_filters_scale", "object_big", "probe_big", "head_layout", "probe_normalization",
-                   "input_normalization", "merge_normalization")
+FOLLOWED_FIELDS = ("gridsize", "n_filters_scale", "object_big", "probe_big", *CONVENTION_CHOICES)
 
 
 def follow_bundle(cfg, start_model_cfg, init_from, explicit_fields=None):
@@ -216,16 +216,18 @@ class _Probe:
     def test_deviance(self, scales, *, max_groups=1024):
         """Mean Poisson deviance on the held-out data's inference groups (None without test data)."""
         from ptyparity import physics
-        from ptyparity.inference import forward_groups
+        from ptyparity.inference import forward_groups, run_input_norm
 
         if self.test is None:
             return None
         cfg = self.ts.cfg
         groups = training.inference_set(self.test, cfg.model, neighbor_count=cfg.neighbor_count, seed=cfg.seed)
         which = np.arange(min(max_groups, len(groups)))
+        norm_mode = cfg.model.input_normalization  # per_set: the test set gets its own factor
         taps = forward_groups(self.api, self.model, self.test.diff3d, groups, scales, which=which,
-                              keep=("pred_intensity",))
-        target, _ = training.group_batch(self.test.diff3d, groups, which, input_norm=scales.input_norm,
+                              keep=("pred_intensity",), input_normalization=norm_mode)
+        norm = run_input_norm(self.test.diff3d, groups, scales, which, input_normalization=norm_mode)
+        target, _ = training.group_batch(self.test.diff3d, groups, which, input_norm=norm,
                                          data_scale=scales.data_scale)
         return physics.poisson_deviance(taps["pred_intensity"], target, scales.log_scale)
 
