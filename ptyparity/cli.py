@@ -354,5 +354,8 @@ def main():
     """Entry point of the ``ptyparity`` console script."""
     # Before anything imports TensorFlow (MLflow's model loaders can): keep its C++
     # INFO/WARNING lines (oneDNN banners, dtype notes) out of the user's terminal.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ptyparity import console
+
+    console.framework_env()
+    console.filter_native_stderr()
     app()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect as _inspect
+import os
 
 import typer
 
@@ -50,7 +51,8 @@ def given_options(ctx):
 def echo_links(run_id):
     """Where to see the run: the store, how to start the UI for a local one, the run page."""
     links = tracking.run_links(run_id)
-    typer.echo(f"  tracking:  {tracking.tracking_uri()}")
-    if "start_ui" in links:
-        typer.echo(f"  open UI:   {links['start_ui']}")
+    if not os.environ.get(names.PARENT_RUN_ID_ENV):  # a pipeline step: the pipeline prints these once, at the end
+        typer.echo(f"  tracking:  {tracking.tracking_uri()}")
+        if "start_ui" in links:
+            typer.echo(f"  open UI:   {links['start_ui']}")
     typer.echo(f"  run page:  {links['ui']}")

@@ -38,7 +38,8 @@ import os, re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the process we serve: keep draining
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # we end at EOF, when every writer is gone
 level = int(sys.argv[1])
-header = re.compile(rb"([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] ")
+header = re.compile(rb"([IWEF])\d{4} [0-9:.]+ +\d+ [^ \]]+:\d+\] ")
+partial = re.compile(rb"[IWEF](?:\d{1,4}(?: [0-9:.]*(?: +\d*(?: [^ \]\n]*)?)?)?)?")  # a header's start
 banner = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 notices = (b"oneDNN supports DT_INT32 only on platforms with AVX-512",)
 dropped = {1: b"I", 2: b"IW", 3: b"IWE"}.get(level, b"IWE" if level > 3 else b"")
@@ -56,7 +57,7 @@ def maybe_noise(start):
     # could this unfinished line still become a dropped one? (C++ writes a line at once)
     if banner.startswith(start) or header.match(start):
         return True
-    return len(start) < 8 and re.fullmatch(rb"[IWEF]\d{0,4}( \d{0,2})?", start) is not None
+    return len(start) < 200 and partial.fullmatch(start) is not None
 
 out = sys.stdout.buffer
 pending, passing = b"", False

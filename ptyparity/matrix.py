@@ -46,7 +46,7 @@ F32_EPS = float(np.finfo(np.float32).eps)
 FLOOR_FACTOR = 10.0  # "within the noise": up to ten times the floor measured in the cell
 TRAJECTORY_KEYS = ("train_step_deviance", "train_step_loss")
 BATCH_GROUPS = 4  # groups per forward batch and per training step
-N_FILTERS_SCALE = 1  # the CPU width (SPEC's 2 is 3x slower and exercises no other code)
+N_FILTERS_SCALE = 1  # the CPU width: PtychoPINN's 2 runs the same code ~3x slower
 BIAS_SCALE = 0.05  # nonzero biases, so a backend that drops them cannot pass
 
 

@@ -23,7 +23,7 @@ def is_terminal(stream=None):
 
 
 def epoch_line(epoch, max_epochs, metrics, seconds):
-    """One epoch as one line: ``epoch 3/8  train_loss … val_loss … train_deviance …
+    """One epoch as one line: ``Epoch 3/8  train_loss … val_loss … train_deviance …
     val_deviance …  lr 0.001  4.2 s``.
 
     Parameters
@@ -39,7 +39,7 @@ def epoch_line(epoch, max_epochs, metrics, seconds):
     """
     values = "  ".join(f"{key} {metrics[key]:.6g}"
                        for key in ("train_loss", "val_loss", "train_deviance", "val_deviance"))
-    return f"epoch {epoch + 1}/{max_epochs}  {values}  lr {metrics['learning_rate']:.3g}  {seconds:.1f} s"
+    return f"Epoch {epoch + 1}/{max_epochs}  {values}  lr {metrics['learning_rate']:.3g}  {seconds:.1f} s"
 
 
 class EpochLines(TrainHooks):

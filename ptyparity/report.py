@@ -114,8 +114,18 @@ def patch_grid_figure(patches, *, normalise=True, title="", max_panels=16):
     return fig
 
 
+def _log_scale_if_positive(ax, *series):
+    """A log y axis when every finite value is positive; linear otherwise (a log axis
+    cannot show zero or negative values: an all-zero deviance, one at -1e-21 from data
+    that are not counts)."""
+    values = np.concatenate([np.asarray(s, np.float64).ravel() for s in series])
+    values = values[np.isfinite(values)]
+    if values.size and np.all(values > 0):
+        ax.set_yscale("log")
+
+
 def loss_figure(history):
-    """Per-epoch train/val loss and deviance (log scale), and the learning rate."""
+    """Per-epoch train/val loss and deviance (log scale when positive), and the learning rate."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     epochs = np.arange(1, len(history["train_loss"]) + 1)
@@ -123,9 +133,9 @@ def loss_figure(history):
         axes[0].plot(epochs, history[key], marker="o", label=key)
     for key in ("train_deviance", "val_deviance"):
         axes[1].plot(epochs, history[key], marker="o", label=key)
-    axes[1].set_yscale("log")
+    _log_scale_if_positive(axes[1], history["train_deviance"], history["val_deviance"])
     axes[2].plot(epochs, history["learning_rate"], marker="o")
-    axes[2].set_yscale("log")
+    _log_scale_if_positive(axes[2], history["learning_rate"])
     for ax, title in zip(axes, ("loss", "Poisson deviance", "learning rate")):
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=10)

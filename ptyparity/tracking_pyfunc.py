@@ -16,6 +16,14 @@ import mlflow.pyfunc
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
+    # The input is a dict of arrays, a form MLflow's type-hint validation has no type for
+    # (MLflow 3.17 takes `list[...]`, or pd.DataFrame / np.ndarray unvalidated; a
+    # `dict[...]` hint is "not supported" and fails signature inference at log time).
+    # Without a hint MLflow warns "Add type hints to the `predict` method" every time it
+    # loads this file; this is MLflow's own switch (its ChatModel/ChatAgent set it) for
+    # a model that validates its input itself, as predict does (validate_arrays).
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         from ptyparity.bundle import load_dir
         from ptyparity.inference import Reconstructor

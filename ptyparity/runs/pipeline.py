@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from ptyparity import names, tracking
+from ptyparity import console, names, tracking
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.common import PipelineResult
 
@@ -88,7 +88,9 @@ def run_step(args, env, *, quiet, ok_codes=(0,)):
 
 
 def _child_env(uri, parent_run_id):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_WAIT_POLICY="PASSIVE", TF_CPP_MIN_LOG_LEVEL="2")
+    """The steps' environment: ours, the store, and the frameworks' quiet defaults
+    (:func:`ptyparity.console.framework_env`; a value the user set wins)."""
+    env = console.framework_env(dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_WAIT_POLICY="PASSIVE"))
     env[names.PARENT_RUN_ID_ENV] = parent_run_id
     env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run` for the parent only; children open their own
     return env

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 
+from ptyparity import progress
 from ptyparity.backends.torch import api, network
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
 from ptyparity.errors import PtyparityError
@@ -27,7 +28,7 @@ def _lightning_records(caplog):
     return [r.getMessage() for r in caplog.records if r.name.startswith("lightning")]
 
 
-def test_quiet_hides_lightnings_logs_and_puts_the_level_back(capfd, caplog):
+def test_lightnings_info_lines_stay_hidden_and_the_level_comes_back(capfd, caplog, monkeypatch):
     ts = training_set(max_epochs=1)
     level = logging.getLogger("lightning.pytorch").level
     caplog.set_level(logging.INFO)
@@ -37,11 +38,17 @@ def test_quiet_hides_lightnings_logs_and_puts_the_level_back(capfd, caplog):
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert _lightning_records(caplog) == []
+    api.fit(_model(ts), ts, quiet=False)  # stdout is no terminal here: one line per epoch, no bar
+    out, err = capfd.readouterr()
+    assert out.startswith("Epoch 1/1  train_loss ") and out.count("\n") == 1 and err == ""
+    # "GPU available: …", the "💡 Tip" for litlogger, "`Trainer.fit` stopped: …" (INFO) never reach a user
+    assert _lightning_records(caplog) == []
+    monkeypatch.setattr(progress, "is_terminal", lambda stream=None: True)
     api.fit(_model(ts), ts, quiet=False)
     out, _ = capfd.readouterr()
-    assert "Epoch 0" in out  # Lightning's progress bar
-    assert any("GPU available" in m for m in _lightning_records(caplog))
-    assert logging.getLogger("lightning.pytorch").level == level  # quiet put the level back
+    assert "Epoch 0" in out and "train_step_loss" in out  # Lightning's own (rich) progress bar
+    assert _lightning_records(caplog) == []
+    assert logging.getLogger("lightning.pytorch").level == level  # the level put back after every fit
 
 
 def test_deterministic_fit_puts_torchs_flags_back():

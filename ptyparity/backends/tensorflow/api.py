@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op-determinism state)
 
+from ptyparity import progress  # noqa: E402
 from ptyparity.backends import contract  # noqa: E402
 from ptyparity.backends.tensorflow import network, ops  # noqa: E402
 from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
@@ -242,14 +243,16 @@ def _seeded(seed, deterministic):
             disable()
 
 
-def _progress_bar(quiet, epoch, max_epochs, steps):
-    if quiet:
+def _progress_bar(live_bar, epoch, max_epochs, steps):
+    """Keras' live bar for one epoch (a terminal only: written to a file, its redraws are
+    thousands of backspaces and escape codes)."""
+    if not live_bar:
         return None
     print(f"Epoch {epoch + 1}/{max_epochs}", file=sys.stdout, flush=True)
     return keras.utils.Progbar(steps, stateful_metrics=("loss", "deviance", "val_loss", "val_deviance"))
 
 
-def _run_epochs(system, runner, training_set, recorder, quiet):
+def _run_epochs(system, runner, training_set, recorder, live_bar):
     """The epoch loop of SPEC §5: train batches in the fixed order, validate, step
     the plateau rule, report."""
     cfg = training_set.cfg
@@ -261,7 +264,7 @@ def _run_epochs(system, runner, training_set, recorder, quiet):
         lr = plateau.lr  # the rate of this epoch, as a Python float (the variable is float32)
         system.optimizer.learning_rate.assign(lr)
         batches = training_set.epoch_batches(epoch)
-        bar = _progress_bar(quiet, epoch, cfg.max_epochs, len(batches))
+        bar = _progress_bar(live_bar, epoch, cfg.max_epochs, len(batches))
         train = EpochMeter()
         for i, which in enumerate(batches):
             scaled, rel = training_set.batch(which)
@@ -309,7 +312,8 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     hooks : TrainHooks, optional
         Receives ``on_step`` / ``on_epoch_end`` as documented there.
     quiet : bool
-        No progress bar.
+        Show nothing. Otherwise a terminal gets Keras' progress bar, a pipe or file
+        one line per epoch (:mod:`ptyparity.progress`).
     accelerator : {"cpu", "gpu", "auto"}
     devices : int
         GPUs to use (``-1``: all visible); more than one trains under a
@@ -341,19 +345,21 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     cfg = training_set.cfg
     contract.check_fit_model(model.cfg, training_set)
     strategy = _strategy(accelerator, devices)
-    recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
+    shown, live_bar = progress.training_display(hooks if hooks is not None else TrainHooks(), cfg.max_epochs,
+                                                quiet=quiet)
+    recorder = HistoryHooks(shown)
     # Training draws no random numbers (weights and batch order come from NumPy);
     # seeding only pins down anything a future layer might draw.
     precision = getattr(cfg, "precision", "float32")
     with _seeded(cfg.seed, deterministic):
         if strategy is None and precision == model.precision:
             system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-            _run_epochs(system, _Runner(system, None), training_set, recorder, quiet)
+            _run_epochs(system, _Runner(system, None), training_set, recorder, live_bar)
         else:  # variables must be created under the strategy / in the precision: train a replica, copy back
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 replica = network.build_model(model.cfg, model.probe_source, network.get_weights(model, np.float64),
                                               precision=precision)
                 system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-            _run_epochs(system, _Runner(system, strategy), training_set, recorder, quiet)
+            _run_epochs(system, _Runner(system, strategy), training_set, recorder, live_bar)
             network.set_weights(model, network.get_weights(replica, np.float64))
     return recorder.history

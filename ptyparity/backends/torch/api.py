@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ptyparity import progress
 from ptyparity.backends import contract
 from ptyparity.backends.torch import network, ops
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
@@ -25,7 +26,8 @@ from ptyparity.training import HistoryHooks, TrainHooks
 NAME = "torch"
 
 
-# Info-level chatter ("GPU available: …", "`Trainer.fit` stopped: …") lives under these.
+# Info-level chatter ("GPU available: …", "💡 Tip: … litlogger", "`Trainer.fit` stopped: …")
+# lives under these.
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
@@ -154,16 +156,16 @@ class _FixedBatchSampler(Sampler):
 
 
 @contextlib.contextmanager
-def _lightning_output(quiet):
-    """Hide Lightning's info lines when ``quiet``, and three warnings that are no news
-    to the user: in-memory NumPy batches need no loader workers, a training set
-    without validation groups skips validation by design, and Lightning's own use of
-    torch's deprecated ``LeafSpec``. Every other warning stays."""
+def _lightning_output():
+    """Hide Lightning's info lines (its device report, its advertising tip, why the fit
+    stopped: nothing a user acts on), and three warnings that are no news to the user:
+    in-memory NumPy batches need no loader workers, a training set without validation
+    groups skips validation by design, and Lightning's own use of torch's deprecated
+    ``LeafSpec``. Every other warning, and every error, stays."""
     saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
     try:
-        if quiet:
-            for name in _LIGHTNING_LOGGERS:
-                logging.getLogger(name).setLevel(logging.WARNING)
+        for name in _LIGHTNING_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*have no `val_dataloader`. Skipping val loop.*")
@@ -186,12 +188,25 @@ def _torch_flags_kept():
         torch.backends.cudnn.benchmark = saved[2]
 
 
-def _trainer(cfg, *, quiet, accelerator, devices, deterministic):
+def _progress_bar():
+    """Lightning's live bar, kept on screen after each epoch (one line per epoch, as Keras')."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    return RichProgressBar(leave=True) if _RICH_AVAILABLE else TQDMProgressBar(leave=True)
+
+
+def _trainer(cfg, *, live_bar, accelerator, devices, deterministic):
     """The Lightning ``Trainer`` of one fit; a request Lightning cannot serve (no GPU,
-    ``devices=-1`` on the CPU) is a :class:`PtyparityError`."""
+    ``devices=-1`` on the CPU) is a :class:`PtyparityError`.
+
+    ``live_bar``: Lightning's progress bar and model summary (a terminal); without it
+    the fit shows nothing itself (the epoch lines come from :mod:`ptyparity.progress`).
+    """
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=not quiet, enable_model_summary=not quiet,
+                         enable_checkpointing=False, enable_progress_bar=live_bar, enable_model_summary=live_bar,
+                         callbacks=[_progress_bar()] if live_bar else None,
                          deterministic=deterministic, num_sanity_val_steps=0)
     except (MisconfigurationException, TypeError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -216,7 +231,9 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     hooks : TrainHooks, optional
         Receives ``on_step`` / ``on_epoch_end`` as documented there.
     quiet : bool
-        No progress bar, model summary or Lightning info lines.
+        Show nothing. Otherwise a terminal gets Lightning's progress bar and model
+        summary, a pipe or file one line per epoch (:mod:`ptyparity.progress`);
+        Lightning's info lines are hidden either way.
     accelerator : {"cpu", "gpu", "auto"}
     devices : int
         Passed to :class:`lightning.Trainer` (more than one: Lightning's DDP).
@@ -244,7 +261,9 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     contract.check_accelerator(accelerator, devices)
     precision = getattr(cfg, "precision", "float32")
     own_precision = model.precision
-    recorder = HistoryHooks(hooks if hooks is not None else TrainHooks())
+    shown, live_bar = progress.training_display(hooks if hooks is not None else TrainHooks(), cfg.max_epochs,
+                                                quiet=quiet)
+    recorder = HistoryHooks(shown)
     train_loader = DataLoader(_GroupBatches(training_set, precision), batch_size=None,
                               sampler=_EpochBatchSampler(training_set))
     val_batches = training_set.val_batches()
@@ -255,8 +274,9 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     # seeding torch only pins down anything a future layer might draw. The global
     # NumPy and `random` states are left alone.
     torch.manual_seed(cfg.seed)
-    with _lightning_output(quiet), _torch_flags_kept():
-        trainer = _trainer(cfg, quiet=quiet, accelerator=accelerator, devices=devices, deterministic=deterministic)
+    with _lightning_output(), _torch_flags_kept():
+        trainer = _trainer(cfg, live_bar=live_bar, accelerator=accelerator, devices=devices,
+                           deterministic=deterministic)
         system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
         network.set_precision(model, precision)
         system.train()  # Lightning keeps the modes it finds; build() hands out eval mode
