@@ -49,10 +49,14 @@ def given_options(ctx):
 
 
 def echo_links(run_id):
-    """Where to see the run: the store, how to start the UI for a local one, the run page."""
+    """Where to see the run: the store, how to start the UI for a local one, the run page and the
+    experiment's runs table (both in the UI's model-training view, never its GenAI overview)."""
     links = tracking.run_links(run_id)
-    if not os.environ.get(names.PARENT_RUN_ID_ENV):  # a pipeline step: the pipeline prints these once, at the end
+    step = os.environ.get(names.PARENT_RUN_ID_ENV)  # a pipeline step: the pipeline prints these once, at the end
+    if not step:
         typer.echo(f"  tracking:  {tracking.tracking_uri()}")
         if "start_ui" in links:
             typer.echo(f"  open UI:   {links['start_ui']}")
     typer.echo(f"  run page:  {links['ui']}")
+    if not step:
+        typer.echo(f"  all runs:  {links['runs']}")

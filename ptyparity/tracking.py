@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from ptyparity import names
+from ptyparity import tracking_notes as notes
 from ptyparity import tracking_preflight as preflight
 from ptyparity.errors import PtyparityError
 from ptyparity.names import DEFAULT_EXPERIMENT, KINDS, TAG_PREFIX
@@ -67,8 +68,8 @@ def check_store(uri=None):
 
 
 def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
-    """Check the store (:func:`check_store`), then create it and the experiment once, before
-    child processes open it (several opening a fresh sqlite store at once race on its migration).
+    """Check the store (:func:`check_store`), then create it and the experiment (marked model development)
+    once, before child processes open it (several opening a fresh sqlite store at once race on its migration).
 
     Returns
     -------
@@ -78,8 +79,7 @@ def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
     if uri:
         mlflow.set_tracking_uri(uri)
     check_store()
-    exp = mlflow.get_experiment_by_name(experiment)
-    return exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+    return notes.model_development_experiment(experiment, mlflow.get_experiment_by_name(experiment))
 
 
 def param_text(value):
@@ -134,6 +134,7 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
         # Started by `mlflow run`: record into the run it created for this entry point.
         run = mlflow.start_run(run_id=project_run)
         mlflow.set_tags(all_tags)
+        notes.mark_experiment(run.info.experiment_id)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                nested=nested or bool(parent_run_id), parent_run_id=parent_run_id, tags=all_tags)
@@ -249,15 +250,14 @@ def log_dataset(data, *, name, digest, source, context):
 
 
 def run_links(run_id):
-    """Where to look at a run: its UI URL, or how to start the UI for a local store."""
+    """Where to look at a run: its page (``ui``) and its experiment's runs table (``runs``), both in
+    the UI's model-training view, and for a local store how to start the UI (``start_ui``)."""
     mlflow = _mlflow()
-    run = mlflow.get_run(run_id)
-    uri = mlflow.get_tracking_uri()
-    path = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return {"ui": f"{uri.rstrip('/')}/{path}"}
-    return {"ui": f"http://127.0.0.1:5000/{path}",
-            "start_ui": f"mlflow ui --backend-store-uri {uri} --port 5000"}
+    uri, exp = mlflow.get_tracking_uri(), mlflow.get_run(run_id).info.experiment_id
+    served = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if served else "http://127.0.0.1:5000"
+    links = {"ui": f"{base}/{notes.ui_path(exp, run_id)}", "runs": f"{base}/{notes.ui_path(exp)}"}
+    return links if served else {**links, "start_ui": f"mlflow ui --backend-store-uri {uri} --port 5000"}
 
 
 def log_series(key, values, *, start_step=0):

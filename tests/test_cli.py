@@ -103,7 +103,7 @@ def test_module_boundaries():
             assert not any(n.startswith("ptyparity.backends.torch") for n in names), name
         if not name.startswith("ptyparity.backends.tensorflow"):
             assert not any(n.split(".")[0] in ("tensorflow", "keras") for n in names), name
-        if name not in ("ptyparity.tracking", "ptyparity.tracking_pyfunc"):
+        if name not in ("ptyparity.tracking", "ptyparity.tracking_pyfunc", "ptyparity.tracking_notes"):
             assert not any(n.split(".")[0] == "mlflow" for n in names), name
 
 

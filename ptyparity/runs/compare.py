@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from ptyparity import names, tracking
+from ptyparity import descriptions, names, tracking, tracking_notes
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.common import CompareResult
 
@@ -83,22 +83,23 @@ def run_compare(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=Fals
     with tracking.start_run("compare", experiment=experiment, run_name=run_name,
                             tags={names.TAG_PAIR_KEY: tracking.run_tag(pair[0], names.TAG_PAIR_KEY) or ""}) as run:
         tracking.log_params({f"{names.THRESHOLD_PREFIX}{k}": v for k, v in thr.items()})
-        tracking.set_tags({names.PARITY_TORCH_RUN_ID: pair[0].info.run_id,
-                           names.PARITY_TF_RUN_ID: pair[1].info.run_id})
+        sides = {names.PARITY_TORCH_RUN_ID: pair[0].info.run_id, names.PARITY_TF_RUN_ID: pair[1].info.run_id}
+        tracking.set_tags(sides)
         if allow_mismatch:
             tracking.set_tags({names.PARITY_ALLOW_MISMATCH: "true"})
         try:
             trains, evidence = _gather(pair, allow_mismatch)
         except _Refused as exc:
-            return _record_error(run.info.run_id, pair, str(exc))
+            return _record_error(run.info.run_id, pair, str(exc), sides)
         tracking.set_tags({names.PARITY_TORCH_TRAIN_RUN_ID: _run_id(trains["torch"]),
                            names.PARITY_TF_TRAIN_RUN_ID: _run_id(trains["tensorflow"])})
         verdict = parity.evaluate(evidence["torch"], evidence["tensorflow"], thr)
-        _log_verdict(verdict)
+        verdict_tags = _log_verdict(verdict)
         summary = _summary(verdict, thr, pair, trains)
         tracking.log_dict(json.loads(json.dumps(summary, default=float)), names.PARITY_SUMMARY)
         _log_parity_report(summary, pair, evidence)
         _tag_sources(run.info.run_id, pair, verdict)
+        tracking_notes.describe_run(descriptions.compare_description({**sides, **verdict_tags}))
         return CompareResult(run_id=run.info.run_id, verdict=verdict.verdict, parity_status=verdict.parity_status,
                              quality_status=verdict.quality_status, checks=tuple(verdict.checks),
                              failed_checks=tuple(verdict.failed_checks), skipped_checks=tuple(verdict.skipped_checks))
@@ -169,9 +170,11 @@ def _listed(items):
     return ",".join(items) or names.NONE_LISTED
 
 
-def _record_error(run_id, pair, reason):
-    """Tag the compare run and both source runs ``error``; the verdict is ``error`` (exit 2)."""
-    tracking.set_tags({names.PARITY_STATUS: "error", names.PARITY_VERDICT: "error", names.PARITY_ERROR: reason[:5000]})
+def _record_error(run_id, pair, reason, sides):
+    """Tag (and describe) the compare run and tag both source runs ``error``; the verdict is ``error`` (exit 2)."""
+    tags = {names.PARITY_STATUS: "error", names.PARITY_VERDICT: "error", names.PARITY_ERROR: reason[:5000]}
+    tracking.set_tags(tags)
+    tracking_notes.describe_run(descriptions.compare_description({**sides, **tags}))
     for source in pair:
         tracking.set_tags({names.PARITY_STATUS: "error", names.PARITY_VERDICT: "error",
                            names.PARITY_COMPARE_RUN_ID: run_id}, run_id=source.info.run_id)
@@ -181,14 +184,15 @@ def _record_error(run_id, pair, reason):
 
 def _log_verdict(verdict):
     """Each evaluated check as a metric (skipped checks are not logged: they have no
-    value; the tag ``parity.skipped_checks`` lists them), the canvas scores, the tags."""
+    value; the tag ``parity.skipped_checks`` lists them), the canvas scores, the tags (returned)."""
     tracking.log_metrics({c.name: c.value for c in verdict.checks if c.status != "skipped"})
     tracking.log_metrics(verdict.canvas_scores)
-    tracking.set_tags({names.PARITY_STATUS: verdict.parity_status, names.QUALITY_STATUS: verdict.quality_status,
-                       names.PARITY_VERDICT: verdict.verdict,
-                       names.PARITY_FAILED_CHECKS: _listed(verdict.failed_checks),
-                       names.PARITY_SKIPPED_CHECKS: _listed(verdict.skipped_checks),
-                       names.PARITY_BEST_ORIENTATION: verdict.best_orientation or names.NONE_LISTED})
+    tags = {names.PARITY_STATUS: verdict.parity_status, names.QUALITY_STATUS: verdict.quality_status,
+            names.PARITY_VERDICT: verdict.verdict, names.PARITY_FAILED_CHECKS: _listed(verdict.failed_checks),
+            names.PARITY_SKIPPED_CHECKS: _listed(verdict.skipped_checks),
+            names.PARITY_BEST_ORIENTATION: verdict.best_orientation or names.NONE_LISTED}
+    tracking.set_tags(tags)
+    return tags
 
 
 def _summary(verdict, thresholds, pair, trains):
@@ -202,7 +206,8 @@ def _summary(verdict, thresholds, pair, trains):
 
 
 def _tag_sources(compare_run_id, pair, verdict):
-    """The verdict on both infer runs and their model versions; ``parity-passed`` on a pass."""
+    """The verdict on both infer runs and their model versions (tags and description);
+    ``parity-passed`` on a pass."""
     tags = {names.PARITY_STATUS: verdict.parity_status, names.QUALITY_STATUS: verdict.quality_status,
             names.PARITY_VERDICT: verdict.verdict, names.PARITY_COMPARE_RUN_ID: compare_run_id}
     for source in pair:
@@ -211,8 +216,17 @@ def _tag_sources(compare_run_id, pair, verdict):
                                                                                           names.TAG_MODEL_VERSION)
         if name and version:
             tracking.tag_model_version(name, version, tags)
+            _describe_version(name, version, {**tags, names.PARITY_FAILED_CHECKS: _listed(verdict.failed_checks)})
             if verdict.verdict == "pass":
                 tracking.set_model_alias(name, names.PARITY_PASSED_ALIAS, version)
+
+
+def _describe_version(name, version, verdict_tags):
+    """Rebuild a model version's description from its tags, now with the verdict."""
+    rec = tracking_notes.model_version_record(name, version)
+    kind = "import" if names.TAG_IMPORT_RUN_ID in rec else "train"
+    tracking_notes.describe_model_version(name, version, descriptions.model_version_description(
+        {**rec, **verdict_tags, "source_kind": kind}))
 
 
 def _log_parity_report(summary, pair, evidence):
@@ -273,9 +287,11 @@ def run_compare_forward(model_uri, *, data_path=None, n_groups=8, tolerance=1e-4
         failed = tuple(c.name for c in checks if not c.passed)
         status = "fail" if failed else "pass"
         tracking.log_metrics({c.name: c.value for c in checks})
-        tracking.set_tags({names.PARITY_STATUS: status, names.PARITY_VERDICT: status,
-                           names.PARITY_FAILED_CHECKS: _listed(failed),
-                           names.PARITY_FIRST_DIVERGENT_TAP: first or names.NONE_LISTED})
+        tags = {names.PARITY_STATUS: status, names.PARITY_VERDICT: status, names.PARITY_FAILED_CHECKS: _listed(failed),
+                names.PARITY_FIRST_DIVERGENT_TAP: first or names.NONE_LISTED}
+        tracking.set_tags(tags)
+        tracking_notes.describe_run(descriptions.compare_description(
+            {**tags, names.PARITY_MODE: "forward", names.TAG_MODEL_URI: model_uri}))
         tracking.log_dict({"status": status, "first_divergent_tap": first, "tolerance": tolerance,
                            "tap_errors": errors}, names.PARITY_FORWARD)
         return CompareResult(run_id=run.info.run_id, verdict=status, parity_status=status, quality_status="",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptyparity import names, tracking
+from ptyparity import descriptions, names, tracking, tracking_notes
 from ptyparity.data import dataset_digest
 from ptyparity.runs import common
 from ptyparity.runs.common import InferResult, backend_independent_hash, config_params, pair_key, scale_params
@@ -44,8 +44,8 @@ def run_infer(model_uri, data_path, *, backend=None, experiment=names.DEFAULT_EX
     name = rec.backend_name(backend)
     tc = rec.train_cfg
     digest = dataset_digest(data)
-    with tracking.start_run("infer", backend=name, experiment=experiment, run_name=run_name,
-                            tags=_tags(rec, model_uri, digest)) as run:
+    tags = _tags(rec, model_uri, digest)
+    with tracking.start_run("infer", backend=name, experiment=experiment, run_name=run_name, tags=tags) as run:
         api, _model = rec.model(name)
         limit = patch_stats_limit or tc.patch_stats_limit
         tracking.log_params({**config_params(tc), **scale_params(rec.scales), **api.versions(),
@@ -56,6 +56,9 @@ def run_infer(model_uri, data_path, *, backend=None, experiment=names.DEFAULT_EX
         metrics.update(_gt_scores(recon, data))
         tracking.log_metrics({k: v for k, v in metrics.items()
                               if log_patch_stats or not k.startswith(names.PATCH_PREFIX)})
+        tracking_notes.describe_run(descriptions.infer_description(
+            {**tags, **metrics, names.TAG_BACKEND: name, "intensity_scale": rec.scales.intensity_scale,
+             "data_path": data_path}))
         return InferResult(run_id=run.info.run_id, metrics=metrics)
 
 

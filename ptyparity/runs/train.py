@@ -93,6 +93,8 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFA
         _log_history(fit.history)
         extra = {"train_run_id": run.info.run_id, "dataset_digest": digest, "config_hash": chash}
         model_uri, version = _log_bundle(api, backend, cfg, ts, fit, extra, register=register)
+        _describe(run.info.run_id, {**config_params(cfg), **final, **tags, names.TAG_BACKEND: backend,
+                                    "intensity_scale": fit.scales.intensity_scale}, version)
         return TrainResult(run_id=run.info.run_id, model_uri=model_uri, registered_version=version,
                            history=fit.history, final_metrics=final)
 
@@ -261,6 +263,23 @@ def _log_history(history):
 
     tracking.log_figure(report.loss_figure(history), names.LOSS_PLOT)
     tracking.log_dict(history, names.HISTORY_JSON)
+
+
+def _describe(run_id, record, version):
+    """The run's description and, when registered, the model's and the new version's (with the
+    version tags its description is rebuilt from after a compare)."""
+    from ptyparity import descriptions, tracking_notes
+
+    name = names.registered_model_name(record[names.TAG_BACKEND])
+    tracking_notes.describe_run(descriptions.train_description(
+        {**record, "model_name": name, "model_version": version}))
+    if version is None:
+        return
+    tracking_notes.describe_registered_model(name, descriptions.registered_model_description(name))
+    version_tags = {names.TAG_BACKEND: record[names.TAG_BACKEND], names.TAG_PAIR_KEY: record[names.TAG_PAIR_KEY],
+                    names.TAG_TRAIN_RUN_ID: run_id}
+    tracking_notes.describe_model_version(name, version, descriptions.model_version_description(
+        {"source_kind": "train", "source_run_id": run_id, **version_tags}), tags=version_tags)
 
 
 def _log_bundle(api, backend, cfg, ts, fit, extra, *, register):
