@@ -213,13 +213,15 @@ def model_version_description(rec):
     Parameters
     ----------
     rec : dict
-        ``source_kind`` ("train" or "import"), ``source_run_id``, ``ptyparity.backend`` (train),
-        ``ptyparity.pair_key`` (train); after a compare also ``parity.verdict``,
+        ``source_kind`` ("train" or "import"), ``source_run_id``, ``ptyparity.backend`` and
+        ``ptyparity.pair_key`` (train), ``ptyparity.source_sha256`` (import); after a compare also ``parity.verdict``,
         ``parity.status``, ``quality.status``, ``parity.compare_run_id`` and
         ``parity.failed_checks``.
     """
     if rec.get("source_kind") == "import":
-        first = f"Imported from PtychoPINN by run `{rec.get('source_run_id', '?')}`"
+        sha = rec.get(names.TAG_SOURCE_SHA256)
+        first = f"Imported from PtychoPINN by run `{rec.get('source_run_id', '?')}`" + (
+            f" · checkpoint sha256 `{sha[:16]}…`" if sha else "")
     else:
         first = (f"Trained by ptyparity ({rec.get(names.TAG_BACKEND, '?')}) in run `{rec.get('source_run_id', '?')}`"
                  f" · pair key `{rec.get(names.TAG_PAIR_KEY, '?')}`")

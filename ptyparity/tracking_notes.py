@@ -33,12 +33,22 @@ def model_development_experiment(name, experiment=None):
     experiment : mlflow.entities.Experiment or None
         The experiment already looked up by that name (None: it does not exist yet).
     """
+    from mlflow.exceptions import MlflowException
+
     client = _client()
-    if experiment is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
-    return experiment.experiment_id
+    try:
+        if experiment is None:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+        return experiment.experiment_id
+    except MlflowException:
+        # Processes starting at once (a team's trainings) race on the insert; the loser finds
+        # the winner's experiment and tag. Anything else is re-raised.
+        found = client.get_experiment_by_name(name)
+        if found is None or EXPERIMENT_KIND_TAG not in found.tags:
+            raise
+        return found.experiment_id
 
 
 def mark_experiment(experiment_id):

@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-from ptyparity import names, parity, tracking
+from ptyparity import descriptions, names, parity, tracking, tracking_notes
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.common import CompareResult
 
@@ -84,9 +84,11 @@ def run_compare_forward_reference(reference_path, model_uri, *, backend="both", 
                              "implementations": ",".join(errors)})
         tracking.log_metrics({c.name: c.value for c in checks})
         tracking.log_metrics({f"forward.{impl}.{k}": v for impl, errs in errors.items() for k, v in errs.items()})
-        tracking.set_tags({names.PARITY_STATUS: status, names.PARITY_VERDICT: status,
-                           names.PARITY_FAILED_CHECKS: ",".join(failed) or names.NONE_LISTED,
-                           names.PARITY_FIRST_DIVERGENT_TAP: first or names.NONE_LISTED})
+        verdict_tags = {names.PARITY_STATUS: status, names.PARITY_VERDICT: status,
+                        names.PARITY_FAILED_CHECKS: ",".join(failed) or names.NONE_LISTED,
+                        names.PARITY_FIRST_DIVERGENT_TAP: first or names.NONE_LISTED}
+        tracking.set_tags(verdict_tags)
+        tracking_notes.describe_run(descriptions.compare_description({**tags, **verdict_tags}))
         tracking.log_dict(_jsonable({"status": status, "first_divergent_tap": first, "tolerance": tolerance,
                                      "style": style, "reference_file": os.path.abspath(reference_path),
                                      "model_uri": model_uri, "order": keys, "tap_errors": worst,

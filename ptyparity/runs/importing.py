@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tempfile
 
-from ptyparity import names, tracking
+from ptyparity import descriptions, names, tracking, tracking_notes
 from ptyparity.runs.common import ImportResult, scale_params
 
 
@@ -57,7 +57,8 @@ def run_import(checkpoint_path, data_path, *, name=names.PTYCHOPINN_MODEL_NAME, 
     if upstream_commit:
         tags[names.TAG_UPSTREAM_COMMIT] = upstream_commit
     with tracking.start_run("import", experiment=experiment, run_name=run_name, tags=tags) as run:
-        tracking.log_params(_params(imported, checkpoint_path, config_yaml))
+        params = _params(imported, checkpoint_path, config_yaml)
+        tracking.log_params(params)
         tracking.log_dataset(data, name="import", digest=prov["dataset_digest"], source=data_path,
                              context="import")
         tracking.log_dict(_record(imported), names.CONFIG_JSON)
@@ -68,6 +69,11 @@ def run_import(checkpoint_path, data_path, *, name=names.PTYCHOPINN_MODEL_NAME, 
         if version is not None:
             tracking.tag_model_version(name, version, {**tags, names.TAG_IMPORT_RUN_ID: run.info.run_id})
             tracking.set_tags({names.TAG_MODEL_NAME: name, names.TAG_MODEL_VERSION: version})
+            tracking_notes.describe_registered_model(name, descriptions.registered_model_description(name))
+            tracking_notes.describe_model_version(name, version, descriptions.model_version_description(
+                {**tags, "source_kind": "import", "source_run_id": run.info.run_id}))
+        tracking_notes.describe_run(descriptions.import_description(
+            {**params, **tags, "model_name": name, "model_version": version}))
         return ImportResult(run_id=run.info.run_id, model_uri=model_uri, registered_name=name if register else None,
                             registered_version=version, model_cfg=imported.model_cfg, scales=imported.scales,
                             provenance=prov)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from ptyparity import console, names, tracking
+from ptyparity import console, descriptions, names, tracking, tracking_notes
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.common import PipelineResult
 
@@ -126,8 +126,8 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         experiment = tracking.experiment_name(parent)  # `mlflow run` may have chosen it
         # Resolved sizes under their own names: `mlflow run` logs the entry point's raw
         # parameters (n_groups=0 meaning "the preset's") on this same run.
-        tracking.log_params({"preset": preset, "seed": seed,
-                             **{f"{names.RESOLVED_PREFIX}{k}": v for k, v in sizes.items()}})
+        params = {"preset": preset, "seed": seed, **{f"{names.RESOLVED_PREFIX}{k}": v for k, v in sizes.items()}}
+        tracking.log_params(params)
         env = _child_env(uri, parent.info.run_id)
         common = {"experiment": experiment}
         if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
@@ -157,8 +157,10 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         compare = tracking.get_run(runs["compare"])
         verdict = tracking.run_tag(compare, names.PARITY_VERDICT) or "error"
         status = tracking.run_tag(compare, names.PARITY_STATUS) or "error"
-        tracking.set_tags({names.PARITY_STATUS: status, names.PARITY_VERDICT: verdict,
-                           **{f"{names.PIPELINE_TAG_PREFIX}{k}": v for k, v in runs.items()}})
+        tags = {names.PARITY_STATUS: status, names.PARITY_VERDICT: verdict,
+                **{f"{names.PIPELINE_TAG_PREFIX}{k}": v for k, v in runs.items()}}
+        tracking.set_tags(tags)
+        tracking_notes.describe_run(descriptions.pipeline_description({**params, **tags}))
         return PipelineResult(run_id=parent.info.run_id, verdict=verdict, parity_status=status, runs=runs,
                               compare_exit_code=code)
 
