@@ -148,6 +148,15 @@ def load_dir(directory, *, verify=True):
         raise PtyparityError(f"{meta_path}: unreadable bundle metadata ({exc}); re-export the bundle") from None
     if meta.get("format") != FORMAT:
         raise PtyparityError(f"{meta_path}: not a ptyparity bundle (format {meta.get('format')!r})")
+    # Before anything else is read: a newer format may lay out its files and checksums differently,
+    # so a checksum "mismatch" would send the user after an edit that never happened.
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PtyparityError(f"{meta_path}: format_version {version!r} is not a bundle format (1 .. "
+                             f"{FORMAT_VERSION}); re-export the bundle")
+    if version > FORMAT_VERSION:
+        raise PtyparityError(f"{meta_path}: written by a newer ptyparity (format {version} > {FORMAT_VERSION}); "
+                             "upgrade ptyparity to load it")
     weights_path = os.path.join(directory, WEIGHTS_FILE)
     try:
         with np.load(weights_path, allow_pickle=False) as npz:

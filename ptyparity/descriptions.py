@@ -62,6 +62,10 @@ def _checks(items):
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
+def _epochs(value):
+    return f"{value if value is not None else '?'} epoch" + ("" if str(value) == "1" else "s")
+
+
 def _network(rec):
     return f"N={rec.get('N', '?')}, gridsize={rec.get('gridsize', '?')}, f={rec.get('n_filters_scale', '?')}"
 
@@ -79,7 +83,7 @@ def train_description(rec):
         registered ``model_name`` / ``model_version`` (optional).
     """
     lines = [f"**train {rec.get(names.TAG_BACKEND, '?')}** · {_network(rec)} · {rec.get('n_groups', '?')} groups · "
-             f"{rec.get('max_epochs', '?')} epochs",
+             f"{_epochs(rec.get('max_epochs'))}",
              f"- final deviance: train {_num(rec.get('train_deviance'))}, val {_num(rec.get('val_deviance'))}"]
     if rec.get("test_deviance") is not None:
         lines.append(f"- held-out deviance: {_num(rec.get('test_deviance_initial'))} → {_num(rec['test_deviance'])}"
@@ -175,7 +179,7 @@ def pipeline_description(rec):
     lines = [f"**pipeline {rec.get('preset', '?')}: {str(rec.get(names.PARITY_VERDICT, 'error')).upper()}** · "
              f"parity {rec.get(names.PARITY_STATUS, '?')}",
              f"- N={size.get('n', '?')}, gridsize={size.get('gridsize', '?')}, f={size.get('n_filters_scale', '?')} · "
-             f"{size.get('n_groups', '?')} groups · {size.get('max_epochs', '?')} epochs"]
+             f"{size.get('n_groups', '?')} groups · {_epochs(size.get('max_epochs'))}"]
     lines += [f"- {k[len(names.PIPELINE_TAG_PREFIX):]}: `{v}`" for k, v in rec.items()
               if k.startswith(names.PIPELINE_TAG_PREFIX)]
     lines.append(f"- report: the compare run's `{names.PARITY_REPORT}`")

@@ -179,7 +179,7 @@ def test_runs_models_and_experiment_carry_descriptions(tracking_uri, tmp_path):
 
     (train,) = client.search_runs([exp.experiment_id], "tags.`ptyparity.kind` = 'train'")
     note = train.data.tags[tracking_notes.NOTE_TAG]
-    assert note.splitlines()[0] == "**train torch** · N=32, gridsize=2, f=1 · 16 groups · 1 epochs"
+    assert note.splitlines()[0] == "**train torch** · N=32, gridsize=2, f=1 · 16 groups · 1 epoch"
     deviance = train.data.metrics["test_deviance"]
     assert f"→ {deviance:.4g}" in note and "`ptyparity-torch` version 1" in note
     assert train.data.tags[names.TAG_PAIR_KEY] in note
@@ -225,3 +225,16 @@ def test_runs_models_and_experiment_carry_descriptions(tracking_uri, tmp_path):
     note = forward.data.tags[tracking_notes.NOTE_TAG]
     assert note.startswith(f"**compare --forward: {forward.data.tags[names.PARITY_VERDICT].upper()}**")
     assert f"`{forward.data.tags[names.PARITY_FIRST_DIVERGENT_TAP]}`" in note and names.PARITY_FORWARD in note
+
+
+def test_an_mlflow_run_experiment_is_marked_and_a_chosen_kind_is_kept(tracking_uri, monkeypatch):
+    # `mlflow run` opens the run in the experiment it chose (MLFLOW_RUN_ID); ptyparity marks that one
+    # too, and never overrides a kind someone already set.
+    client = mlflow.MlflowClient()
+    chosen = client.create_experiment("chosen-by-mlflow-run")
+    kept = client.create_experiment(names.DEFAULT_EXPERIMENT,
+                                    tags={tracking_notes.EXPERIMENT_KIND_TAG: "genai_development"})
+    monkeypatch.setenv("MLFLOW_RUN_ID", client.create_run(chosen).info.run_id)
+    _invoke("simulate", "--out-dir", "data", "--n", "32", "--object-size", "64")
+    assert client.get_experiment(chosen).tags[tracking_notes.EXPERIMENT_KIND_TAG] == tracking_notes.MODEL_DEVELOPMENT
+    assert client.get_experiment(kept).tags[tracking_notes.EXPERIMENT_KIND_TAG] == "genai_development"
