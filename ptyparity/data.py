@@ -254,12 +254,17 @@ def save_npz(path, data, *, overwrite=False):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise PtyparityError(f"{path} already exists; choose another output directory or pass --overwrite")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     arrays = data.to_arrays()
     arrays["measurement"] = np.asarray("amplitude")
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # never leaves a half-written file under the real name
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # never leaves a half-written file under the real name
+    except OSError as exc:  # a full disk, a read-only or vanished directory: the user's to fix
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise PtyparityError(f"cannot write {path} ({exc.strerror}); free space or choose another directory") from None
     return path
 
 

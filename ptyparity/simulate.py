@@ -245,13 +245,37 @@ def write_dataset(cfg, out_dir, *, overwrite=False):
     data : dict
         ``{"train": RawData, "test": RawData}``
     """
-    paths = {split: os.path.join(out_dir, f"{split}.npz") for split in ("train", "test")}
-    if not overwrite:
-        for path in paths.values():
-            if os.path.exists(path):
-                raise PtyparityError(f"{path} already exists; choose another --out-dir or pass --overwrite")
+    paths = check_out_dir(out_dir, overwrite=overwrite)
     train, test = simulate(cfg)
     data = {"train": train, "test": test}
     for split, path in paths.items():
         save_npz(path, data[split], overwrite=True)
     return paths, data
+
+
+def check_out_dir(out_dir, *, overwrite=False):
+    """Create ``out_dir`` if needed and make sure ``train.npz``/``test.npz`` can be written there
+    (refusing existing ones unless ``overwrite``): the checks :func:`write_dataset` starts with.
+
+    Returns
+    -------
+    paths : dict
+        ``{"train": path, "test": path}``
+    """
+    import tempfile
+
+    paths = {split: os.path.join(out_dir, f"{split}.npz") for split in ("train", "test")}
+    if not overwrite:
+        for path in paths.values():
+            if os.path.exists(path):
+                raise PtyparityError(f"{path} already exists; choose another --out-dir or pass --overwrite")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PtyparityError(f"--out-dir {out_dir} is a file, not a directory; choose a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise PtyparityError(f"cannot write into --out-dir {out_dir} ({exc.strerror}); choose a writable "
+                             "directory") from None
+    return paths

@@ -120,6 +120,7 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
     sizes = resolve_preset(preset, overrides)
     out_dir = os.fspath(out_dir)
     train_path, test_path = os.path.join(out_dir, "train.npz"), os.path.join(out_dir, "test.npz")
+    _check_data(out_dir, train_path, test_path, overwrite)
     uri = tracking.tracking_uri()
     tracking.init_store(experiment=experiment)  # create the store once, before any child opens it
     with tracking.start_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}") as parent:
@@ -163,6 +164,19 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         tracking_notes.describe_run(descriptions.pipeline_description({**params, **tags}))
         return PipelineResult(run_id=parent.info.run_id, verdict=verdict, parity_status=status, runs=runs,
                               compare_exit_code=code)
+
+
+def _check_data(out_dir, train_path, test_path, overwrite):
+    """Refuse, before the pipeline run opens, what a step would: reused datasets that do not load,
+    or an ``out_dir`` the simulate step cannot write (one line here instead of a failed step)."""
+    from ptyparity.data import load_npz
+    from ptyparity.simulate import check_out_dir
+
+    if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
+        check_out_dir(out_dir, overwrite=True)
+    else:
+        for path in (train_path, test_path):
+            load_npz(path)
 
 
 def _registered_model_uri(backend, train_run_id):

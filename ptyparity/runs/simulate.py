@@ -8,7 +8,7 @@ import os
 from ptyparity import names, tracking
 from ptyparity.data import dataset_digest
 from ptyparity.runs.common import SimulateResult
-from ptyparity.simulate import SimConfig, write_dataset
+from ptyparity.simulate import SimConfig, check_out_dir, write_dataset
 
 
 def run_simulate(cfg: SimConfig, out_dir, *, experiment=names.DEFAULT_EXPERIMENT, run_name=None, overwrite=False,
@@ -26,6 +26,7 @@ def run_simulate(cfg: SimConfig, out_dir, *, experiment=names.DEFAULT_EXPERIMENT
     """
     from ptyparity.data import summarize
 
+    check_out_dir(out_dir, overwrite=overwrite)  # before the run opens: a refusal leaves no run behind
     with tracking.start_run("simulate", experiment=experiment, run_name=run_name) as run:
         paths, data = write_dataset(cfg, out_dir, overwrite=overwrite)
         digests = {split: dataset_digest(d) for split, d in data.items()}
