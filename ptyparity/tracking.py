@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from ptyparity import names
-from ptyparity import tracking_notes as notes
+from ptyparity import tracking_notes as notes, tracking_retry
 from ptyparity import tracking_preflight as preflight
 from ptyparity.errors import PtyparityError
 from ptyparity.names import DEFAULT_EXPERIMENT, KINDS, TAG_PREFIX
@@ -63,7 +63,7 @@ def check_store(uri=None):
         schemes = set(getattr(getattr(utils, "_tracking_store_registry", None), "_registry", {})) or None
         preflight.check(uri, schemes=schemes, get=lambda endpoint, params=None: http_request(
             creds, endpoint, "GET", max_retries=0, params=params, timeout=preflight.TIMEOUT_S, raise_on_status=False))
-        _CHECKED.add(uri)
+        _CHECKED.add(tracking_retry.announce(uri))  # and say so when it stops answering mid-run
     return uri
 
 
