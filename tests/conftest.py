@@ -155,3 +155,40 @@ def tracking_uri(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def refuse_pickle_loads(mp):
+    """Make every pickle/dill/cloudpickle loader raise ``AssertionError("a pickle load was
+    attempted")`` (``mp``: a pytest MonkeyPatch); loaders of packages not installed cannot be called."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle load was attempted")
+
+    class RefusingUnpickler:
+        def __init__(self, *args, **kwargs):
+            refuse()
+
+    for module_name in ("pickle", "_pickle", "dill", "cloudpickle"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in ("load", "loads"):
+            if hasattr(module, attr):
+                mp.setattr(module, attr, refuse)
+        if hasattr(module, "Unpickler"):
+            mp.setattr(module, "Unpickler", RefusingUnpickler)
+
+
+def record_zip_opens(mp):
+    """Record the name of every archive member opened through ``zipfile.ZipFile.open``; returns the list."""
+    import zipfile
+
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def recording_open(self, name, *args, **kwargs):
+        opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
+        return real_open(self, name, *args, **kwargs)
+
+    mp.setattr(zipfile.ZipFile, "open", recording_open)
+    return opened

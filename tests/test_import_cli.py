@@ -5,16 +5,14 @@ upstream's data layouts, fine-tuning with --init-from on both backends, compare 
 model's two backends and against a ptyparity-trained model."""
 
 import hashlib
-import importlib
 import json
 import pickle
 import re
-import zipfile
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import BACKENDS, sqlite_store
+from conftest import BACKENDS, record_zip_opens, refuse_pickle_loads, sqlite_store
 from test_ptychopinn import DATA, FIXTURE, WTS, YAML
 from typer.testing import CliRunner
 
@@ -51,41 +49,13 @@ def compare_runs():
                               filter_string=f"tags.`{names.TAG_KIND}` = 'compare'")
 
 
-def refuse_pickle_loads(mp):
-    """Every pickle/dill/cloudpickle loader raises; returns the error a load would raise."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a pickle load was attempted")
-
-    class RefusingUnpickler:
-        def __init__(self, *args, **kwargs):
-            refuse()
-
-    for module_name in ("pickle", "_pickle", "dill", "cloudpickle"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue  # not installed, so nothing can call it
-        for attr in ("load", "loads"):
-            if hasattr(module, attr):
-                mp.setattr(module, attr, refuse)
-        if hasattr(module, "Unpickler"):
-            mp.setattr(module, "Unpickler", RefusingUnpickler)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One store for the module; the fixture model imported into it through the CLI with every
     pickle loader refusing and every archive member opened recorded."""
     root = tmp_path_factory.mktemp("import_store")
     with sqlite_store(root), pytest.MonkeyPatch.context() as mp:
-        opened = []
-        real_open = zipfile.ZipFile.open
-
-        def recording_open(self, name, *args, **kwargs):
-            opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
-            return real_open(self, name, *args, **kwargs)
-
-        mp.setattr(zipfile.ZipFile, "open", recording_open)
+        opened = record_zip_opens(mp)
         refuse_pickle_loads(mp)
         with pytest.raises(AssertionError, match="pickle load"):
             pickle.loads(pickle.dumps(1))  # the patch is live

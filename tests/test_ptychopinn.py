@@ -2,7 +2,6 @@
 NumPy reference forward pass reproduces every tap PtychoPINN itself dumped, with nothing unpickled."""
 
 import hashlib
-import importlib
 import io
 import json
 import math
@@ -21,6 +20,7 @@ from ptyparity.config import PTYCHOPINN_CONVENTIONS
 from ptyparity.errors import PtyparityError
 from ptyparity.grouping import Groups
 from ptyparity.training import group_batch
+from tests.conftest import record_zip_opens, refuse_pickle_loads
 
 
 
@@ -155,31 +155,8 @@ def test_a_perturbed_tap_is_caught(imported_bundle, ref):
 
 
 def test_no_pickle_is_ever_loaded(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a pickle load was attempted")
-
-    class RefusingUnpickler:
-        def __init__(self, *args, **kwargs):
-            refuse()
-
-    for module_name in ("pickle", "_pickle", "dill", "cloudpickle"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue  # not installed, so nothing can call it
-        for attr in ("load", "loads"):
-            if hasattr(module, attr):
-                monkeypatch.setattr(module, attr, refuse)
-        if hasattr(module, "Unpickler"):
-            monkeypatch.setattr(module, "Unpickler", RefusingUnpickler)
-    opened = []
-    real_open = zipfile.ZipFile.open
-
-    def recording_open(self, name, *args, **kwargs):
-        opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
-        return real_open(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(zipfile.ZipFile, "open", recording_open)
+    refuse_pickle_loads(monkeypatch)
+    opened = record_zip_opens(monkeypatch)
     with pytest.raises(AssertionError, match="pickle load"):
         pickle.loads(pickle.dumps(1))  # the patch is live
     ckpt = ptychopinn.read_checkpoint(WTS, config_yaml=YAML)
