@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps run test matrix clean
+.PHONY: setup system-deps run test test-mlflow-env test-bench matrix clean
 
 setup: $(VENV)/.installed
 
@@ -32,7 +32,18 @@ system-deps:
 	fi
 
 test: setup system-deps
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 -m "not mlflow_env and not bench"
+
+# `mlflow run . -e inspect` through MLflow's default env manager (virtualenv): MLflow builds
+# python_env.yaml's pinned environment under ~/.mlflow/envs itself (pyenv's Python, pip; a few
+# minutes the first time, seconds once built). Its own CI step, after `make test`.
+test-mlflow-env: setup
+	$(PY) -m pytest -q -p no:cacheprovider -rP -m mlflow_env tests/test_mlflow_run.py
+
+# scripts/bench.py --quick, checked for every figure of issue 13 (no timing asserted); minutes,
+# so its own CI step after `make test`.
+test-bench: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m bench tests/test_bench.py
 
 # The parity matrix as a CI gate: both backends against the NumPy reference and each other
 # over a representative subset of the configuration space; exits 1 when any cell fails.

@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ptyparity import cli_import, names, runs
+from ptyparity import cli_check_run, cli_import, names, runs
 from ptyparity.cli_support import EXPERIMENT, EXPERIMENT_HELP
 from ptyparity.cli_support import echo_links as _echo_links
 from ptyparity.cli_support import given_options as _given
@@ -40,6 +40,7 @@ app = typer.Typer(
 )
 
 app.add_typer(cli_import.import_app, name="import")
+app.command("check-run")(cli_check_run.check_run)
 
 _SIM = SimConfig()  # defaults of the dataclass fields, read by the options below
 _MODEL = ModelConfig()
@@ -130,7 +131,7 @@ def inspect(
 @app.command()
 def train(
     ctx: typer.Context,
-    train_data: Annotated[Path, typer.Option(help="Raw training NPZ.")],
+    train_data: Annotated[Optional[Path], typer.Option(help="Raw training NPZ (required unless --resume).")] = None,
     backend: Annotated[str, typer.Option(help="torch or tensorflow.")] = "torch",
     test_data: Annotated[Optional[Path], typer.Option(help="Held-out NPZ: deviance before/after training.")] = None,
     n_groups: Annotated[int, typer.Option(help="Number of training groups.")] = _TRAIN.n_groups,
@@ -163,11 +164,14 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = _kw(runs.run_train, "quiet"),
     experiment: Annotated[str, typer.Option(help=EXPERIMENT_HELP)] = EXPERIMENT,
     run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue this train run (FAILED, killed or finished) from its last checkpoint, in a new run with its config.")] = None,
 ):
     """Train one backend and record the run, its bundle and its registered model."""
     with _user_errors(tracked=True):
         from ptyparity.config import BACKENDS
 
+        if resume is None and train_data is None:
+            raise PtyparityError("--train-data is required (or --resume RUN_ID to continue a train run)")
         if backend not in BACKENDS:
             raise PtyparityError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         model = ModelConfig(gridsize=gridsize, n_filters_scale=n_filters_scale, object_big=object_big,
@@ -177,11 +181,18 @@ def train(
                           max_epochs=max_epochs, learning_rate=learning_rate, loss_mode=loss_mode,
                           intensity_scale_mode=intensity_scale_mode, intensity_scale=intensity_scale, seed=seed,
                           deterministic=deterministic, patch_stats_limit=patch_stats_limit, precision=precision)
-        result = runs.run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment,
-                                run_name=run_name, quiet=quiet, accelerator=accelerator, devices=devices,
-                                log_patch_stats=log_patch_stats, debug_dump=debug_dump, init_from=init_from,
-                                register=register, measurement=measurement, force=force,
-                                explicit_fields=_given(ctx) if init_from else None)
+        if resume is not None:  # the config comes from the run; typed options must agree with it
+            given = {name: ctx.params[name] for name in _given(ctx)}
+            backend, result = runs.resume_train(
+                resume, given, experiment=given.get("experiment"), run_name=run_name, quiet=quiet,
+                accelerator=accelerator, devices=devices, log_patch_stats=log_patch_stats, debug_dump=debug_dump,
+                register=register)
+        else:
+            result = runs.run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment,
+                                    run_name=run_name, quiet=quiet, accelerator=accelerator, devices=devices,
+                                    log_patch_stats=log_patch_stats, debug_dump=debug_dump, init_from=init_from,
+                                    register=register, measurement=measurement, force=force,
+                                    explicit_fields=_given(ctx) if init_from else None)
     m = result.final_metrics
     typer.echo(f"trained {backend}: train_deviance {m['train_deviance']:.4g}, val_deviance {m['val_deviance']:.4g}"
                + (f", test_deviance {m['test_deviance_initial']:.4g} -> {m['test_deviance']:.4g}"

@@ -135,7 +135,7 @@ def compare_description(rec):
         ``parity.failed_checks``, ``parity.skipped_checks`` (comma lists or ``none``),
         ``parity.mode`` (absent for a pair), ``parity.error``, ``parity.torch_run_id``,
         ``parity.tf_run_id``, ``parity.first_divergent_tap``, ``ptyparity.model_uri``,
-        ``parity.reference_file``.
+        ``parity.reference_file``, ``parity.torch_implementation``, ``parity.tf_implementation``.
     """
     verdict = str(rec.get(names.PARITY_VERDICT, "error")).upper()
     mode = rec.get(names.PARITY_MODE)
@@ -163,6 +163,8 @@ def compare_description(rec):
         f"- skipped checks: {_checks(_listed(rec.get(names.PARITY_SKIPPED_CHECKS)))}",
         f"- torch infer `{rec.get(names.PARITY_TORCH_RUN_ID, '?')}` · tensorflow infer "
         f"`{rec.get(names.PARITY_TF_RUN_ID, '?')}`",
+        *([f"- implementations: torch {rec[names.PARITY_TORCH_IMPLEMENTATION]} · tensorflow "
+           f"{rec.get(names.PARITY_TF_IMPLEMENTATION, '?')}"] if rec.get(names.PARITY_TORCH_IMPLEMENTATION) else []),
         f"- report: `{names.PARITY_REPORT}` (artifacts; opens in the artifact view)"])
 
 

@@ -30,6 +30,7 @@ CONFIG_JSON = "config.json"
 HISTORY_JSON = "history.json"
 LOSS_PLOT = "plots/loss.png"
 MODEL_ARTIFACT = "model"  # the pyfunc model of a train run: runs:/<id>/model
+CHECKPOINT_DIR = "checkpoint"  # a train run's last 2 epochs: slot0/, slot1/ each state.npz + state.json
 # The debug dump: an infer run's at DEBUG_DUMP, a train run's at DEBUG_DUMP_INITIAL / _FINAL.
 DEBUG_DUMP = "debug_dump"
 DEBUG_DUMP_INITIAL = "debug_dump/initial"
@@ -66,6 +67,14 @@ TAG_CONFIG_HASH = "ptyparity.config_hash"
 TAG_PAIR_KEY = "ptyparity.pair_key"
 TAG_INIT_FROM = "ptyparity.init_from"
 TAG_DATA_WARNINGS = "ptyparity.data_warnings"  # a forced train run: why its data cannot be counts
+TAG_ERROR = "ptyparity.error"  # a FAILED run: why (a diverged training, a killed process)
+TAG_RESUMED_FROM = "ptyparity.resumed_from"  # a resumed train run: the run whose checkpoint it continued
+TAG_RESUMED_EPOCH = "ptyparity.resumed_epoch"  # ... and the epochs that checkpoint held
+# Who runs a run (ptyparity.tracking_liveness): a RUNNING run whose process is gone gets marked FAILED.
+TAG_OWNER_HOST = "ptyparity.owner.host"
+TAG_OWNER_PID = "ptyparity.owner.pid"
+TAG_OWNER_STARTED = "ptyparity.owner.started"  # the process's start (boot id + start tick): pid reuse
+TAG_HEARTBEAT = "ptyparity.owner.heartbeat"  # unix seconds, renewed every epoch of a training
 TAG_TRAIN_RUN_ID = "ptyparity.train_run_id"
 TAG_MODEL_URI = "ptyparity.model_uri"
 TAG_BUNDLE_BACKEND = "ptyparity.bundle_backend"
@@ -76,6 +85,11 @@ TAG_SOURCE = "ptyparity.source"  # "ptychopinn"
 TAG_SOURCE_SHA256 = "ptyparity.source_sha256"  # sha256 of the imported checkpoint file
 TAG_UPSTREAM_COMMIT = "ptyparity.upstream_commit"
 TAG_IMPORT_RUN_ID = "ptyparity.import_run_id"  # on a model version registered by an import run
+# The public record API (ptyparity.record) sets these on every train and infer run it opens.
+TAG_RECORD_SCHEMA = "ptyparity.record_schema"
+RECORD_SCHEMA_VERSION = 1  # bump when a name or meaning of the record changes
+TAG_IMPLEMENTATION = "ptyparity.implementation"  # who computed the arrays: "ptyparity" or the user's code
+TAG_IMPLEMENTATION_VERSION = "ptyparity.implementation_version"
 # The verdict of a compare run (also set on its source runs and their model versions).
 PARITY_STATUS = "parity.status"  # pass | fail | error: the agreement checks
 QUALITY_STATUS = "quality.status"  # pass | fail | none: the ground-truth skill checks
@@ -89,6 +103,9 @@ PARITY_TORCH_RUN_ID = "parity.torch_run_id"
 PARITY_TF_RUN_ID = "parity.tf_run_id"
 PARITY_TORCH_TRAIN_RUN_ID = "parity.torch_train_run_id"
 PARITY_TF_TRAIN_RUN_ID = "parity.tf_train_run_id"
+# Who computed each side (ptyparity.implementation + _version of its infer run), e.g. "ptyparity 0.1.0".
+PARITY_TORCH_IMPLEMENTATION = "parity.torch_implementation"
+PARITY_TF_IMPLEMENTATION = "parity.tf_implementation"
 PARITY_ALLOW_MISMATCH = "parity.allow_mismatch"
 PARITY_MODE = "parity.mode"  # "forward" or "forward_reference" on a forward compare run
 PARITY_REFERENCE_FILE = "parity.reference_file"  # forward_reference: the dump judged

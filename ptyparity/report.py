@@ -308,8 +308,10 @@ img {{ max-width: 640px; border: 1px solid #d0d7de; }}
 <p>Agreement (parity.status): <b id="parity-status">{summary['parity_status']}</b>;
 ground-truth skill (quality.status): <b id="quality-status">{summary['quality_status']}</b></p>
 <p>Failed checks: <b id="failed">{html.escape(failed)}</b>; skipped: <span id="skipped">{html.escape(skipped)}</span></p>
-<p>torch infer run <code>{summary['torch_run_id']}</code> (train <code>{summary['torch_train_run_id']}</code>),
-tensorflow infer run <code>{summary['tf_run_id']}</code> (train <code>{summary['tf_train_run_id']}</code>)</p>
+<p>torch side: <b id="torch-implementation">{html.escape(summary.get('torch_implementation', '?'))}</b>,
+infer run <code>{summary['torch_run_id']}</code> (train <code>{summary['torch_train_run_id']}</code>);
+tensorflow side: <b id="tf-implementation">{html.escape(summary.get('tf_implementation', '?'))}</b>,
+infer run <code>{summary['tf_run_id']}</code> (train <code>{summary['tf_train_run_id']}</code>)</p>
 <table><tr><th></th><th>check</th><th>kind</th><th>value</th><th>threshold</th><th>detail</th></tr>
 {''.join(rows)}
 </table>

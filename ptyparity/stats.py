@@ -73,9 +73,10 @@ def tap_summary(taps, raw_diffraction, support):
     Parameters
     ----------
     taps : dict of ndarray
-        At least ``encoder_input``, ``amp_patches``, ``phase_patches``,
-        ``pred_amplitude`` and ``pred_amplitude_counts``, each ``(B, N, N, C)``.
-    raw_diffraction : ndarray, shape (B, N, N, C)
+        At least ``amp_patches`` and ``phase_patches``; ``encoder_input`` (with
+        ``raw_diffraction``) gives ``mean_input_scale``, ``pred_amplitude`` and
+        ``pred_amplitude_counts`` give ``mean_physics_scale``; each ``(B, N, N, C)``.
+    raw_diffraction : ndarray, shape (B, N, N, C), or None
         The measured amplitudes ``diff3d`` of the same groups.
     support : ndarray, shape (N, N)
 
@@ -94,8 +95,12 @@ def tap_summary(taps, raw_diffraction, support):
         per, agg = patch_stats(taps[key], support, kind=kind)
         per_patch[kind] = {k: v.tolist() for k, v in per.items()}
         metrics.update({f"patch.{kind}.{k}": v for k, v in agg.items()})
-    raw = np.asarray(raw_diffraction, np.float64)
-    metrics["mean_input_scale"] = float(np.mean(taps["encoder_input"], dtype=np.float64) / raw.mean())
-    metrics["mean_physics_scale"] = float(np.mean(taps["pred_amplitude_counts"], dtype=np.float64)
-                                          / np.mean(taps["pred_amplitude"], dtype=np.float64))
+    # An implementation recorded through ptyparity.record may hand over only the patches: each
+    # scale factor is measured when the arrays it is measured from are there.
+    if raw_diffraction is not None and "encoder_input" in taps:
+        raw = np.asarray(raw_diffraction, np.float64)
+        metrics["mean_input_scale"] = float(np.mean(taps["encoder_input"], dtype=np.float64) / raw.mean())
+    if "pred_amplitude" in taps and "pred_amplitude_counts" in taps:
+        metrics["mean_physics_scale"] = float(np.mean(taps["pred_amplitude_counts"], dtype=np.float64)
+                                              / np.mean(taps["pred_amplitude"], dtype=np.float64))
     return metrics, per_patch

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from ptyparity import names
-from ptyparity import tracking_notes as notes, tracking_retry
+from ptyparity import tracking_liveness as liveness, tracking_notes as notes, tracking_retry
 from ptyparity import tracking_preflight as preflight
 from ptyparity.errors import PtyparityError
 from ptyparity.names import DEFAULT_EXPERIMENT, KINDS, TAG_PREFIX
@@ -79,7 +79,7 @@ def init_store(uri=None, experiment=DEFAULT_EXPERIMENT):
     if uri:
         mlflow.set_tracking_uri(uri)
     check_store()
-    return notes.model_development_experiment(experiment, mlflow.get_experiment_by_name(experiment))
+    return liveness.swept(notes.model_development_experiment(experiment, mlflow.get_experiment_by_name(experiment)))
 
 
 def param_text(value):
@@ -122,7 +122,7 @@ def start_run(kind, *, experiment=DEFAULT_EXPERIMENT, run_name=None, tags=None, 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     mlflow = _mlflow()
     experiment_id = init_store(experiment=experiment)
-    all_tags = {names.TAG_KIND: kind}
+    all_tags = {names.TAG_KIND: kind, **liveness.owner_tags()}  # the owner: see tracking_liveness
     if backend is not None:
         all_tags[names.TAG_BACKEND] = backend
     for key, value in (tags or {}).items():

@@ -278,22 +278,40 @@ class EpochMeter:
         return weighted_mean(self.loss, self.sizes), weighted_mean(self.deviance, self.sizes)
 
 
-class HistoryHooks(TrainHooks):
-    """Records every hook call into per-epoch and per-step lists, then forwards it.
+class TrainingDiverged(PtyparityError):
+    """A loss became NaN or infinite: training stops at that step."""
 
-    ``history`` is what a backend's ``fit`` returns.
+
+def _check_finite(metrics, keys, epoch, step):
+    """Raise :class:`TrainingDiverged` naming the epoch and step (1-based) of a NaN/inf loss."""
+    bad = [f"{key} = {metrics[key]}" for key in keys if not math.isfinite(metrics[key])]
+    if bad:
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else " (validation)")
+        raise TrainingDiverged(f"training diverged: {', '.join(bad)} at {where}; the learning rate is likely "
+                               "too high (lower --learning-rate) or the data are not photon counts (check "
+                               "`ptyparity inspect`)")
+
+
+class HistoryHooks(TrainHooks):
+    """Records every hook call into per-epoch and per-step lists, then forwards it;
+    stops the fit (:class:`TrainingDiverged`) at the first NaN/inf loss.
+
+    ``history`` is what a backend's ``fit`` returns; a resumed fit starts it from the
+    checkpoint's (``history``), so it always covers the whole training.
     """
 
-    def __init__(self, hooks=None):
+    def __init__(self, hooks=None, history=None):
         self.hooks = hooks if hooks is not None else TrainHooks()
-        self.history = {key: [] for key in EPOCH_KEYS + STEP_KEYS}
+        self.history = {key: list((history or {}).get(key, ())) for key in EPOCH_KEYS + STEP_KEYS}
 
     def on_step(self, step, metrics):
+        _check_finite(metrics, STEP_KEYS[:1], len(self.history["train_loss"]), step)
         for key in STEP_KEYS:
             self.history[key].append(metrics[key])
         self.hooks.on_step(step, metrics)
 
     def on_epoch_end(self, epoch, metrics):
+        _check_finite(metrics, ("train_loss", "val_loss"), epoch, None)
         for key in EPOCH_KEYS:
             self.history[key].append(metrics[key])
         self.hooks.on_epoch_end(epoch, metrics)
@@ -332,7 +350,8 @@ def final_scales(scales: Scales, weights):
     return dataclasses.replace(scales, intensity_scale=float(np.exp(np.float64(weights[LOG_SCALE]))))
 
 
-def fit_model(api, model, training_set: TrainingSet, *, hooks=None, quiet=False, accelerator="cpu", devices=1):
+def fit_model(api, model, training_set: TrainingSet, *, hooks=None, quiet=False, accelerator="cpu", devices=1,
+              resume=None, checkpoint=None):
     """Train ``model`` with its backend and return weights, scales and history.
 
     Parameters
@@ -347,6 +366,10 @@ def fit_model(api, model, training_set: TrainingSet, *, hooks=None, quiet=False,
         Receives every step and epoch as the backend reports them.
     quiet, accelerator, devices
         Passed to the backend's ``fit``; ``deterministic`` comes from the config.
+    resume : ptyparity.checkpoint.TrainState, optional
+        Continue from this state (epoch, weights, Adam, plateau rule, history).
+    checkpoint : callable, optional
+        ``checkpoint(state)`` after every epoch with the :class:`~ptyparity.checkpoint.TrainState`.
 
     Returns
     -------
@@ -355,10 +378,11 @@ def fit_model(api, model, training_set: TrainingSet, *, hooks=None, quiet=False,
     Raises
     ------
     PtyparityError
-        When the trained weights hold NaN or inf (the training diverged).
+        When a loss turns NaN/inf (:class:`TrainingDiverged`, at that step) or the trained
+        weights hold NaN or inf (the training diverged).
     """
     history = api.fit(model, training_set, hooks, quiet=quiet, accelerator=accelerator, devices=devices,
-                      deterministic=training_set.cfg.deterministic)
+                      deterministic=training_set.cfg.deterministic, resume=resume, checkpoint=checkpoint)
     weights = api.get_weights(model)
     if not all(np.all(np.isfinite(w)) for w in weights.values()):
         raise PtyparityError(f"training diverged: the weights hold NaN/inf after {len(history['train_loss'])} "

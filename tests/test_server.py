@@ -1,9 +1,14 @@
 """The product the way teams use it: a real `mlflow server` on 127.0.0.1, the whole
-pipeline recorded over HTTP, the registry loaded from a fresh process, and the
-MLflow UI's compare view rendered by a real (headless) browser."""
+pipeline recorded over HTTP, the registry loaded from a fresh process, and the MLflow UI
+clicked through by a real (headless) browser the way a person does: the printed link, the
+runs table with the nested steps, the registered model, the compare view, the HTML report.
+
+Screenshots of every UI page go to test-artifacts/ui_screenshots/ (ignored by git); the
+compare view's is the one docs/mlflow_compare_view.png shows."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 BIN = os.path.dirname(sys.executable)
 ARTIFACT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
+SCREENSHOTS = os.path.join(ARTIFACT_DIR, "ui_screenshots")
+STEP_NAMES = ["compare", "infer-tensorflow", "infer-torch", "simulate", "train-tensorflow", "train-torch"]
 
 
 def free_port():
@@ -129,6 +136,14 @@ def browser():
         b.close()
 
 
+@pytest.fixture
+def fresh_page(browser):
+    """A page in a new browser context: no remembered UI choices, as for a first-time visitor."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
 def find_text(page, text, tries=60):
     """The element showing exactly ``text``, scrolling the UI's virtualised tables until it renders."""
     loc = page.get_by_text(text, exact=True)
@@ -151,16 +166,125 @@ def find_text(page, text, tries=60):
     raise AssertionError(f"{text!r} is not rendered")
 
 
-def test_ui_compare_view_renders_the_pair(pipeline, browser):
+def screenshot(page, name, as_is=False):
+    """Save what the page shows as test-artifacts/ui_screenshots/<name>; unless ``as_is``, without
+    MLflow 3.17's assistant side panel (a third of the width, nothing about the runs)."""
+    close = page.locator("button[data-component-id='mlflow.assistant.chat_panel.close']")
+    if not as_is and close.count() and close.first.is_visible():
+        close.first.click()
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SCREENSHOTS, name))
+
+
+def printed(stdout, label):
+    """The value after ``label`` on the one line of the pipeline's output that starts with it."""
+    (line,) = [ln for ln in stdout.splitlines() if ln.strip().startswith(label)]
+    return line.split(label, 1)[1].strip()
+
+
+def run_link(page, run_id):
+    """The runs table's link to run ``run_id`` (its name, in the Run Name column)."""
+    return page.locator(f"a[href*='/runs/{run_id}']").first
+
+
+def row_index(link):
+    return int(link.locator("xpath=ancestor::*[@role='row'][1]").get_attribute("row-index"))
+
+
+def test_ui_printed_link_opens_the_runs_table_with_the_nested_steps(pipeline, fresh_page):
+    url, _, _, stdout = pipeline
+    page = fresh_page
+    client = mlflow.MlflowClient(tracking_uri=url)
+    pipeline_id = printed(stdout, "pipeline run")
+    exp = client.get_run(pipeline_id).info.experiment_id
+    link = printed(stdout, "all runs:")
+    assert link == f"{url}/#/experiments/{exp}/runs?workflowType=machine_learning"
+    steps = client.search_runs([exp], f"tags.mlflow.parentRunId = '{pipeline_id}'")
+    assert sorted(r.info.run_name for r in steps) == STEP_NAMES
+
+    page.goto(link)
+    parent = run_link(page, pipeline_id)
+    parent.wait_for(timeout=60000)
+    assert parent.inner_text() == client.get_run(pipeline_id).info.run_name
+    assert page.get_by_text("Detect Issues").count() == 0  # not the GenAI overview
+    if not run_link(page, steps[0].info.run_id).is_visible():  # steps start folded under their pipeline
+        parent.locator("xpath=ancestor::*[@role='row'][1]").locator(
+            "button[data-component-id*='runnamecellrenderer']").click()
+    parent_x, parent_row = parent.bounding_box()["x"], row_index(parent)
+    for step in steps:
+        child = run_link(page, step.info.run_id)
+        child.wait_for(timeout=30000)
+        assert child.inner_text() == step.info.run_name
+        # nested: indented under the pipeline row and listed after it
+        assert child.bounding_box()["x"] > parent_x + 10, step.info.run_name
+        assert row_index(child) > parent_row, step.info.run_name
+    screenshot(page, "experiment_runs.png")
+
+
+def test_ui_bare_experiment_link_lands_on_the_genai_overview_until_the_switch(pipeline, fresh_page):
+    """What a person meets on the experiment list's own link (`#/experiments/<id>`) in a fresh
+    browser: MLflow's GenAI overview, the runs one click away; after the sidebar's switch to
+    "Model training" the same link opens the runs table (the browser remembers the choice)."""
+    url, _, _, stdout = pipeline
+    page = fresh_page
+    pipeline_id = printed(stdout, "pipeline run")
+    exp = mlflow.MlflowClient(tracking_uri=url).get_run(pipeline_id).info.experiment_id
+    page.goto(f"{url}/#/experiments/{exp}")
+    page.wait_for_url(re.compile(r"/overview.*workflowType=genai"), timeout=60000)
+    page.get_by_text("Training runs", exact=True).wait_for(timeout=30000)
+    assert run_link(page, pipeline_id).count() == 0
+    screenshot(page, "bare_experiment_link.png", as_is=True)  # with the "Detect Issues" tour popover
+
+    page.get_by_role("button", name="Got it").click()  # the popover blocks the page until dismissed
+    page.get_by_text("Model training", exact=True).click()
+    again = page.context.new_page()
+    again.goto(f"{url}/#/experiments/{exp}")
+    run_link(again, pipeline_id).wait_for(timeout=60000)
+    assert "workflowType=machine_learning" in again.url or "/runs" in again.url
+    screenshot(again, "bare_experiment_link_after_switch.png")
+
+
+def markdown_lines(text):
+    """The lines of a short Markdown description as the UI renders them (no list marks, emphasis
+    or code ticks)."""
+    lines = (re.sub(r"^\s*-\s+", "", ln).replace("**", "").replace("`", "") for ln in text.splitlines())
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def test_ui_registered_model_shows_the_alias_and_the_version_description(pipeline, fresh_page):
     url, _, ids, _ = pipeline
+    page = fresh_page
+    client = mlflow.MlflowClient(tracking_uri=url)
+    version = client.get_model_version_by_alias("ptyparity-torch", "parity-passed")
+    assert version.run_id == ids["train_torch"]
+
+    page.goto(f"{url}/#/models/ptyparity-torch")
+    row = find_text(page, f"Version {version.version}").locator("xpath=ancestor::*[@role='row'][1]")
+    assert "parity-passed" in row.inner_text()  # the alias, in its version's row
+    screenshot(page, "registered_model.png")
+
+    page.goto(f"{url}/#/models/ptyparity-torch/versions/{version.version}")
+    lines = markdown_lines(version.description)
+    assert ids["train_torch"] in lines[0] and ids["compare"] in " ".join(lines)
+    for line in lines:
+        page.get_by_text(line).first.wait_for(timeout=30000)
+    page.get_by_text("parity-passed").first.wait_for(timeout=30000)
+    screenshot(page, "model_version.png")
+
+
+def test_ui_compare_view_renders_the_pair(pipeline, fresh_page):
+    url, _, ids, _ = pipeline
+    page = fresh_page
+    page.set_viewport_size({"width": 1400, "height": 2000})
     client = mlflow.MlflowClient(tracking_uri=url)
     exp = client.get_run(ids["compare"]).info.experiment_id
     runs = [ids["infer_torch"], ids["infer_tensorflow"], ids["compare"]]
-    page = browser.new_page(viewport={"width": 1400, "height": 2000})
-    page.goto(f"{url}/#/compare-runs?runs={json.dumps(runs)}&experiments={json.dumps([exp])}".replace(" ", ""))
+    # as the runs table's Compare button opens it, in the model-training view
+    page.goto(f"{url}/#/compare-runs?runs={json.dumps(runs)}&experiments={json.dumps([exp])}"
+              "&workflowType=machine_learning".replace(" ", ""))
     page.get_by_text("Comparing 3 Runs").wait_for(timeout=60000)
-    os.makedirs(ARTIFACT_DIR, exist_ok=True)
-    page.screenshot(path=os.path.join(ARTIFACT_DIR, "mlflow_compare_view.png"))
+    page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60000)  # the parameter plot, drawn
+    screenshot(page, "compare_view.png")
     torch_params = client.get_run(ids["infer_torch"]).data.params
     for name in ("intensity_scale", "object_big"):
         row = find_text(page, name).locator("xpath=ancestor::tr[1]").inner_text().split()
@@ -169,19 +293,25 @@ def test_ui_compare_view_renders_the_pair(pipeline, browser):
     for metric in ("ratio.var_zero_mean", "canvas.amp.ssim", "torch.consistency.intensity_scale",
                    "mean_input_scale", "patch.amp.var_zero_mean"):
         find_text(page, metric)
-    page.screenshot(path=os.path.join(ARTIFACT_DIR, "mlflow_compare_view_metrics.png"))
-    page.close()
+    screenshot(page, "compare_view_metrics.png")
 
 
-def test_ui_shows_the_html_report_artifact(pipeline, browser):
+def test_ui_artifact_view_lists_and_opens_the_html_report(pipeline, fresh_page):
     url, _, ids, _ = pipeline
+    page = fresh_page
     client = mlflow.MlflowClient(tracking_uri=url)
-    exp = client.get_run(ids["compare"]).info.experiment_id
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/#/experiments/{exp}/runs/{ids['compare']}/artifacts/parity/report.html")
-    find_text(page, "report.html")
-    page.screenshot(path=os.path.join(ARTIFACT_DIR, "mlflow_report_artifact.png"))
-    page.close()
+    compare = client.get_run(ids["compare"])
+    exp = compare.info.experiment_id
+    page.goto(f"{url}/#/experiments/{exp}/runs/{ids['compare']}/artifacts?workflowType=machine_learning")
+    find_text(page, "parity").click()  # the folder in the artifact tree
+    find_text(page, "report.html").click()
+    page.get_by_text("parity/report.html", exact=True).wait_for(timeout=30000)  # the preview's title
+    report = page.frame_locator("iframe").first  # the UI previews HTML in a sandboxed frame
+    report.get_by_text("ptyparity parity report").wait_for(timeout=30000)
+    report.get_by_text(compare.data.tags["parity.verdict"].upper(), exact=True).wait_for(timeout=30000)
+    failed = compare.data.tags.get("parity.failed_checks") or "none"
+    assert report.get_by_text(re.compile(r"Failed checks:\s*" + re.escape(failed))).count() == 1
+    screenshot(page, "report_artifact.png")
     # the artifact itself, as the tracking server serves it to the UI
     with urllib.request.urlopen(f"{url}/get-artifact?path=parity/report.html&run_uuid={ids['compare']}",
                                 timeout=30) as r:

@@ -67,3 +67,27 @@ def test_stitching_a_shifted_object_is_detected(rng):
 def test_stitch_rejects_mismatched_positions(rng):
     with pytest.raises(ValueError, match="pos must have shape"):
         stitch_patches(np.zeros((2, 32, 32, 4), np.complex64), np.zeros((2, 1, 2)))
+
+
+def test_fast_bilinear_shift_is_the_physics_translate(rng):
+    # stitching's two-tap shift (its speed-up) against the tent-matrix translate it replaces,
+    # in float64: zero fractions (left as they are), fractional ones, and a mix.
+    from ptyparity.physics import translate
+    from ptyparity.stitching import _shift_right_down
+
+    tiles = rng.normal(size=(600, 9, 9)) + 1j * rng.normal(size=(600, 9, 9))
+    tiles[:, -1, :] = tiles[:, :, -1] = 0
+    frac = rng.uniform(0, 1, size=(600, 2))
+    frac[::3] = 0
+    frac[1::3, 0] = 0
+    np.testing.assert_allclose(_shift_right_down(tiles, frac), translate(tiles, frac), rtol=0, atol=1e-13)
+
+
+def test_stitching_skips_tiles_outside_the_canvas():
+    patches = np.ones((3, 16, 16, 1), np.complex64)
+    pos = np.array([[[-400.0, 20.0]], [[20.0, 20.0]], [[20.3, 900.0]]])
+    canvas, count = stitch_patches(patches, pos, canvas_shape=(40, 40))
+    only, count_only = stitch_patches(patches[1:2], pos[1:2], canvas_shape=(40, 40))
+    np.testing.assert_array_equal(canvas, only)
+    np.testing.assert_array_equal(count, count_only)
+    assert count.sum() == 64.0

@@ -338,8 +338,13 @@ def test_compare_refuses_a_pair_whose_side_is_still_running(team_runs):
     url, root, client, experiment_id, _ = team_runs
     torch_run = run_named(client, experiment_id, "team-infer-torch-1")
     finished_tf = run_named(client, experiment_id, "team-infer-tensorflow-1")
-    # A TF infer run as an infer command opens it, still in progress: same ptyparity tags, not ended.
+    # A TF infer run as an infer command opens it, still in progress: same ptyparity tags, not ended,
+    # owned by a live process (this one; the finished run's owner has exited, and a RUNNING run of a
+    # dead process is marked FAILED by the next command: ptyparity.tracking_liveness).
+    from ptyparity import tracking_liveness
+
     tags = {k: v for k, v in finished_tf.data.tags.items() if k.startswith("ptyparity.")}
+    tags.update(tracking_liveness.owner_tags())
     running = client.create_run(experiment_id, run_name="team-infer-tensorflow-running", tags=tags)
     rid = running.info.run_id
     try:

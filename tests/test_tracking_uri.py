@@ -148,7 +148,7 @@ def entry_point_command(entry, train_npz):
     """An MLproject entry point's command with its defaults and the required values filled in."""
     checkpoint = os.path.join(ROOT, "tests", "data", "ptychopinn", "tf_gs2_n64_f1", "wts.h5.zip")
     required = {"train_data": str(train_npz), "data": str(train_npz), "model": "models:/ptyparity-torch/1",
-                "checkpoint": checkpoint}
+                "checkpoint": checkpoint, "run_id": "0" * 32}
     values = {name: spec.get("default", required.get(name)) for name, spec in entry["parameters"].items()}
     assert all(v is not None for v in values.values()), values
     return entry["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()})

@@ -128,6 +128,8 @@ def test_fit_model_returns_weights_scales_history_and_leaves_the_training_set(da
     assert list(fit.step_loss) == fit.history["train_step_loss"]
 
 
-def test_fit_model_refuses_diverged_weights(data):
-    with pytest.raises(PtyparityError, match="training diverged: the weights hold NaN/inf after 2 epoch"):
+def test_fit_model_stops_at_the_first_nan_loss(data):
+    # The NaN loss of the second step stops the fit there, not after the last epoch.
+    with pytest.raises(training.TrainingDiverged, match=r"training diverged: train_step_loss = nan at epoch 1, "
+                                                        r"step 2; the learning rate is likely too high"):
         _fit(data, learning_rate=1e30)

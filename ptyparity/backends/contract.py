@@ -78,10 +78,12 @@ class BackendAPI(Protocol):
 
     def fit(self, model: Any, training_set: TrainingSet, hooks: TrainHooks | None = None, *,
             quiet: bool = False, accelerator: str = "cpu", devices: int = 1,
-            deterministic: bool = False) -> dict[str, list[float]]:
+            deterministic: bool = False, resume: Any = None, checkpoint: Any = None) -> dict[str, list[float]]:
         """Train ``model`` in place (SPEC §5) and return the history:
         :data:`ptyparity.training.EPOCH_KEYS` per epoch and
-        :data:`ptyparity.training.STEP_KEYS` per step, also reported to ``hooks``."""
+        :data:`ptyparity.training.STEP_KEYS` per step, also reported to ``hooks``.
+        ``resume`` (a :class:`ptyparity.checkpoint.TrainState`) continues a fit where it
+        stopped; ``checkpoint(state)`` receives the state after every epoch."""
 
 
 def _parameters(fn, drop_self):

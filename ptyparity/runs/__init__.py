@@ -15,9 +15,11 @@ from ptyparity.runs.forward_reference import run_compare_forward_reference
 from ptyparity.runs.importing import run_import
 from ptyparity.runs.infer import run_infer
 from ptyparity.runs.pipeline import PRESETS, run_pipeline
+from ptyparity.runs.resume import resume_train
 from ptyparity.runs.simulate import run_simulate
 from ptyparity.runs.train import run_train
 
 __all__ = ["CompareResult", "ImportResult", "InferResult", "PipelineResult", "SimulateResult", "TrainResult",
            "PRESETS", "backend_independent_hash", "pair_key", "resolve_pair", "run_compare", "run_compare_forward",
-           "run_compare_forward_reference", "run_import", "run_infer", "run_pipeline", "run_simulate", "run_train"]
+           "run_compare_forward_reference", "run_import", "run_infer", "run_pipeline", "resume_train", "run_simulate",
+           "run_train"]

@@ -148,15 +148,6 @@ def debug_dump(taps, raw, support, prefix, *, log_dump):
     metrics : dict of float
         ``patch.*`` aggregates, ``mean_input_scale``, ``mean_physics_scale``.
     """
-    from ptyparity import report
-    from ptyparity.stats import tap_summary
+    from ptyparity.record_run import dump_patches
 
-    metrics, per_patch = tap_summary(taps, raw, support)
-    if log_dump:
-        tracking.log_dict({"aggregates": metrics, "per_patch": per_patch}, f"{prefix}/{names.PATCH_STATS_FILE}")
-        tracking.log_figure(report.patch_grid_figure(taps["amp_patches"], normalise=True),
-                            f"{prefix}/{names.PATCH_GRID_NORMALISED_FILE}")
-        tracking.log_figure(report.patch_grid_figure(taps["amp_patches"], normalise=False),
-                            f"{prefix}/{names.PATCH_GRID_SHARED_FILE}")
-        tracking.log_npz(dict(taps), f"{prefix}/{names.TAPS_FILE}")
-    return metrics
+    return dump_patches(taps, raw, support, prefix, log_dump=log_dump)  # the record API's, one computation

@@ -45,9 +45,12 @@ def resolve_pair(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=Fal
                                      f"{experiment!r}; run 'ptyparity infer --backend {backend}' first")
             found[backend] = runs[0]
         return found["torch"], found["tensorflow"]
-    # --latest, or nothing chosen: the newest complete pair.
+    # --latest, or nothing chosen: the newest complete pair, reading pages of 100 runs only until it
+    # is found (one request in a typical store instead of every infer run; see tracking_search).
+    from ptyparity import tracking_search
+
     newest = {}
-    for run in tracking.search_runs({names.TAG_KIND: "infer"}, experiment=experiment, finished_only=True):
+    for run in tracking_search.iter_runs({names.TAG_KIND: "infer"}, experiment=experiment, finished_only=True):
         slot = newest.setdefault(tracking.run_tag(run, names.TAG_PAIR_KEY), {})
         slot.setdefault(tracking.run_tag(run, names.TAG_BACKEND), run)  # newest first
         if "torch" in slot and "tensorflow" in slot:
@@ -91,15 +94,18 @@ def run_compare(*, torch_run_id=None, tf_run_id=None, pair_key=None, latest=Fals
             trains, evidence = _gather(pair, allow_mismatch)
         except _Refused as exc:
             return _record_error(run.info.run_id, pair, str(exc), sides)
+        implementations = {names.PARITY_TORCH_IMPLEMENTATION: evidence["torch"].name,
+                           names.PARITY_TF_IMPLEMENTATION: evidence["tensorflow"].name}
         tracking.set_tags({names.PARITY_TORCH_TRAIN_RUN_ID: _run_id(trains["torch"]),
-                           names.PARITY_TF_TRAIN_RUN_ID: _run_id(trains["tensorflow"])})
+                           names.PARITY_TF_TRAIN_RUN_ID: _run_id(trains["tensorflow"]), **implementations})
         verdict = parity.evaluate(evidence["torch"], evidence["tensorflow"], thr)
         verdict_tags = _log_verdict(verdict)
-        summary = _summary(verdict, thr, pair, trains)
+        summary = _summary(verdict, thr, pair, trains, evidence)
         tracking.log_dict(json.loads(json.dumps(summary, default=float)), names.PARITY_SUMMARY)
         _log_parity_report(summary, pair, evidence)
         _tag_sources(run.info.run_id, pair, verdict)
-        tracking_notes.describe_run(descriptions.compare_description({**sides, **verdict_tags}))
+        tracking_notes.describe_run(descriptions.compare_description({**sides, **implementations,
+                                                                      **verdict_tags}))
         return CompareResult(run_id=run.info.run_id, verdict=verdict.verdict, parity_status=verdict.parity_status,
                              quality_status=verdict.quality_status, checks=tuple(verdict.checks),
                              failed_checks=tuple(verdict.failed_checks), skipped_checks=tuple(verdict.skipped_checks))
@@ -148,10 +154,18 @@ def _gather(pair, allow_mismatch):
                 canvas, count = npz["canvas"], npz["count"]
             evidence[side] = parity.Evidence(
                 infer=_numbers(run), train=_numbers(trains[side]) if trains[side] is not None else None,
-                canvas=canvas, count=count, name=names.registered_model_name(side))
+                canvas=canvas, count=count, name=implementation_label(run))
     except Exception as exc:  # noqa: BLE001 - any missing piece refuses the pair
         raise _Refused(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return trains, evidence
+
+
+def implementation_label(run):
+    """``"<implementation> <version>"`` of an infer run (tags of :mod:`ptyparity.record`); a run
+    recorded before those tags existed was made by ptyparity itself."""
+    name = tracking.run_tag(run, names.TAG_IMPLEMENTATION) or "ptyparity"
+    version = tracking.run_tag(run, names.TAG_IMPLEMENTATION_VERSION) or "(version not recorded)"
+    return f"{name} {version}"
 
 
 def _numbers(run):
@@ -195,14 +209,15 @@ def _log_verdict(verdict):
     return tags
 
 
-def _summary(verdict, thresholds, pair, trains):
-    """``parity/summary.json``: everything the verdict rests on."""
+def _summary(verdict, thresholds, pair, trains, evidence):
+    """``parity/summary.json``: everything the verdict rests on, and who computed each side."""
     return {"verdict": verdict.verdict, "parity_status": verdict.parity_status,
             "quality_status": verdict.quality_status, "failed_checks": list(verdict.failed_checks),
             "skipped_checks": list(verdict.skipped_checks), "best_orientation": verdict.best_orientation,
             "checks": [c.as_dict() for c in verdict.checks], "canvas_scores": dict(verdict.canvas_scores),
             "thresholds": thresholds, "torch_run_id": pair[0].info.run_id, "tf_run_id": pair[1].info.run_id,
-            "torch_train_run_id": _run_id(trains["torch"]), "tf_train_run_id": _run_id(trains["tensorflow"])}
+            "torch_train_run_id": _run_id(trains["torch"]), "tf_train_run_id": _run_id(trains["tensorflow"]),
+            "torch_implementation": evidence["torch"].name, "tf_implementation": evidence["tensorflow"].name}
 
 
 def _tag_sources(compare_run_id, pair, verdict):

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 from ptyparity import console, descriptions, names, tracking, tracking_notes
 from ptyparity.errors import PtyparityError
@@ -61,8 +62,14 @@ def resolve_preset(preset, overrides=None):
     return sizes
 
 
-def run_step(args, env, *, quiet, ok_codes=(0,)):
+def run_step(args, env, *, quiet, ok_codes=(0,), usage=None):
     """Run ``python -m ptyparity ARGS`` as a child process.
+
+    Parameters
+    ----------
+    usage : dict, optional
+        Receives ``seconds`` (wall time) and ``peak_rss_mb`` (the child's peak resident
+        memory, from ``os.wait4``) of the step.
 
     Returns
     -------
@@ -73,12 +80,22 @@ def run_step(args, env, *, quiet, ok_codes=(0,)):
     """
     with tempfile.TemporaryDirectory() as tmp:
         id_file = os.path.join(tmp, "run_id")
-        proc = subprocess.run([sys.executable, "-m", "ptyparity", *args], env={**env, names.RUN_ID_FILE_ENV: id_file},
-                              stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                              text=True)
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "ptyparity", *args],
+                                env={**env, names.RUN_ID_FILE_ENV: id_file},
+                                stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
+                                text=True)
+        output = proc.stdout.read() if quiet else ""
+        # wait4 rather than wait: it also returns the child's own peak RSS (ru_maxrss, KiB on Linux).
+        _, status, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if usage is not None:
+            usage.update(seconds=time.perf_counter() - start, peak_rss_mb=rusage.ru_maxrss / 1024)
         run_id = tracking.read_reported_run_id(id_file)
     if proc.returncode not in ok_codes:
-        tail = (proc.stdout or "").strip().splitlines()[-1:] if quiet else []
+        tail = output.strip().splitlines()[-1:] if quiet else []
         raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' failed with exit code {proc.returncode}"
                              + (f": {tail[0]}" if tail else ""))
     if run_id is None:
@@ -131,11 +148,12 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         tracking.log_params(params)
         env = _child_env(uri, parent.info.run_id)
         common = {"experiment": experiment}
+        usage = {}  # step -> {"seconds", "peak_rss_mb"}
         if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
             echo(f"[1/6] simulate N={sizes['n']} into {out_dir}")
             run_step(cli_args("simulate", {"out_dir": out_dir, **{k: sizes[k] for k in SIMULATE_SIZES},
                                            "seed": seed, "overwrite": True, **common, "run_name": "simulate"}),
-                     env, quiet=quiet)
+                     env, quiet=quiet, usage=usage.setdefault("simulate", {}))
         else:
             echo(f"[1/6] reusing {train_path} and {test_path} (pass --overwrite to simulate again)")
         train_sizes = {k: v for k, v in sizes.items() if k not in SIMULATE_SIZES}
@@ -145,22 +163,26 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
             runs[f"train_{backend}"], _ = run_step(cli_args("train", {
                 "backend": backend, "train_data": train_path, "test_data": test_path, **train_sizes, "seed": seed,
                 "accelerator": accelerator, "devices": devices, "quiet": quiet, **common,
-                "run_name": f"train-{backend}"}), env, quiet=quiet)
+                "run_name": f"train-{backend}"}), env, quiet=quiet, usage=usage.setdefault(f"train_{backend}", {}))
         for step, backend in enumerate(BACKEND_STEPS, start=4):
             model_uri = _registered_model_uri(backend, runs[f"train_{backend}"])
             echo(f"[{step}/6] infer {backend} with {model_uri}")
             runs[f"infer_{backend}"], _ = run_step(cli_args("infer", {
-                "model": model_uri, "data": test_path, **common, "run_name": f"infer-{backend}"}), env, quiet=quiet)
+                "model": model_uri, "data": test_path, **common, "run_name": f"infer-{backend}"}), env, quiet=quiet,
+                usage=usage.setdefault(f"infer_{backend}", {}))
         echo("[6/6] compare")
         runs["compare"], code = run_step(cli_args("compare", {
             "torch_run": runs["infer_torch"], "tf_run": runs["infer_tensorflow"], **common, "run_name": "compare"}),
-            env, quiet=quiet, ok_codes=(0, 1))
+            env, quiet=quiet, ok_codes=(0, 1), usage=usage.setdefault("compare", {}))
         compare = tracking.get_run(runs["compare"])
         verdict = tracking.run_tag(compare, names.PARITY_VERDICT) or "error"
         status = tracking.run_tag(compare, names.PARITY_STATUS) or "error"
         tags = {names.PARITY_STATUS: status, names.PARITY_VERDICT: verdict,
                 **{f"{names.PIPELINE_TAG_PREFIX}{k}": v for k, v in runs.items()}}
         tracking.set_tags(tags)
+        # Where the pipeline's time and memory go, per step (scripts/bench.py reads these).
+        tracking.log_metrics({f"{key}.{step}": value for step, used in usage.items() for key, value in
+                              (("step_seconds", used["seconds"]), ("step_peak_rss_mb", used["peak_rss_mb"]))})
         tracking_notes.describe_run(descriptions.pipeline_description({**params, **tags}))
         return PipelineResult(run_id=parent.info.run_id, verdict=verdict, parity_status=status, runs=runs,
                               compare_exit_code=code)

@@ -24,9 +24,9 @@ import tensorflow as tf  # noqa: E402
 
 from tensorflow.python.framework import config as _tf_config  # noqa: E402  (op-determinism state)
 
-from ptyparity import progress  # noqa: E402
+from ptyparity import checkpoint as ckpt, progress  # noqa: E402
 from ptyparity.backends import contract  # noqa: E402
-from ptyparity.backends.tensorflow import network, ops  # noqa: E402
+from ptyparity.backends.tensorflow import network, ops, train_state  # noqa: E402
 from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem  # noqa: E402
 from ptyparity.errors import PtyparityError  # noqa: E402
 from ptyparity.training import EpochMeter, HistoryHooks, PlateauRule, TrainHooks  # noqa: E402
@@ -252,15 +252,19 @@ def _progress_bar(live_bar, epoch, max_epochs, steps):
     return keras.utils.Progbar(steps, stateful_metrics=("loss", "deviance", "val_loss", "val_deviance"))
 
 
-def _run_epochs(system, runner, training_set, recorder, live_bar):
+def _run_epochs(system, runner, training_set, recorder, live_bar, resume=None, checkpoint=None):
     """The epoch loop of SPEC §5: train batches in the fixed order, validate, step
-    the plateau rule, report."""
+    the plateau rule, report, checkpoint; a resumed loop starts at ``resume.epoch``."""
     cfg = training_set.cfg
     net = system.net
     plateau = PlateauRule(cfg.learning_rate)
     val_batches = training_set.val_batches()
-    step = 0
-    for epoch in range(cfg.max_epochs):
+    step, first_epoch = 0, 0
+    if resume is not None:
+        train_state.restore(system, resume)
+        ckpt.restore_plateau(plateau, resume.plateau)
+        step, first_epoch = resume.step, resume.epoch
+    for epoch in range(first_epoch, cfg.max_epochs):
         lr = plateau.lr  # the rate of this epoch, as a Python float (the variable is float32)
         system.optimizer.learning_rate.assign(lr)
         batches = training_set.epoch_batches(epoch)
@@ -295,9 +299,15 @@ def _run_epochs(system, runner, training_set, recorder, live_bar):
         }
         plateau.step(val_deviance)
         recorder.on_epoch_end(epoch, metrics)
+        if checkpoint is not None:
+            weights, adam_m, adam_v, adam_step, rng = train_state.capture(system)
+            checkpoint(ckpt.TrainState(epoch=epoch + 1, step=adam_step, weights=weights, adam_m=adam_m,
+                                       adam_v=adam_v, plateau=ckpt.plateau_state(plateau),
+                                       history={k: list(v) for k, v in recorder.history.items()}, rng=rng))
 
 
-def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False):
+def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False,
+        resume=None, checkpoint=None):
     """Train ``model`` in place with a Keras custom train step (SPEC §5).
 
     Batches are ``training_set.epoch_batches(epoch)`` for epoch ``0 … max_epochs-1``,
@@ -326,6 +336,12 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         process, and it is switched back off afterwards if it was off before. The TF
         and Keras global seeds stay set; Python's ``random`` and NumPy's global RNG
         are restored (see :func:`_seeded`).
+    resume : ptyparity.checkpoint.TrainState, optional
+        Continue from this state: weights (in the training precision), Adam's moments
+        and ``iterations``, the plateau rule and the history; epochs
+        ``resume.epoch … max_epochs-1`` run.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` after every epoch (:class:`ptyparity.checkpoint.TrainState`).
 
     Notes
     -----
@@ -347,19 +363,19 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     strategy = _strategy(accelerator, devices)
     shown, live_bar = progress.training_display(hooks if hooks is not None else TrainHooks(), cfg.max_epochs,
                                                 quiet=quiet)
-    recorder = HistoryHooks(shown)
+    recorder = HistoryHooks(shown, resume.history if resume is not None else None)
     # Training draws no random numbers (weights and batch order come from NumPy);
     # seeding only pins down anything a future layer might draw.
     precision = getattr(cfg, "precision", "float32")
     with _seeded(cfg.seed, deterministic):
         if strategy is None and precision == model.precision:
             system = PtychoPINNSystem(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-            _run_epochs(system, _Runner(system, None), training_set, recorder, live_bar)
+            _run_epochs(system, _Runner(system, None), training_set, recorder, live_bar, resume, checkpoint)
         else:  # variables must be created under the strategy / in the precision: train a replica, copy back
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 replica = network.build_model(model.cfg, model.probe_source, network.get_weights(model, np.float64),
                                               precision=precision)
                 system = PtychoPINNSystem(replica, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate)
-            _run_epochs(system, _Runner(system, strategy), training_set, recorder, live_bar)
+            _run_epochs(system, _Runner(system, strategy), training_set, recorder, live_bar, resume, checkpoint)
             network.set_weights(model, network.get_weights(replica, np.float64))
     return recorder.history

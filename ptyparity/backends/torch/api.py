@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ptyparity import progress
 from ptyparity.backends import contract
-from ptyparity.backends.torch import network, ops
+from ptyparity.backends.torch import network, ops, train_state
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
 from ptyparity.errors import PtyparityError
 from ptyparity.training import HistoryHooks, TrainHooks
@@ -125,15 +125,17 @@ class _EpochBatchSampler(Sampler):
     """Yields each batch's group indices, in the order the training set fixes.
 
     Lightning calls :meth:`set_epoch` before every epoch; the order is computed when
-    iteration starts, so it is always ``training_set.epoch_batches(epoch)``.
+    iteration starts, so it is always ``training_set.epoch_batches(epoch)``. A resumed
+    fit counts Lightning's epochs from ``first_epoch``.
     """
 
-    def __init__(self, training_set):
+    def __init__(self, training_set, first_epoch=0):
         self.training_set = training_set
-        self.epoch = 0
+        self.first_epoch = int(first_epoch)
+        self.epoch = self.first_epoch
 
     def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+        self.epoch = self.first_epoch + int(epoch)
 
     def __iter__(self):
         yield from self.training_set.epoch_batches(self.epoch)
@@ -196,7 +198,7 @@ def _progress_bar():
     return RichProgressBar(leave=True) if _RICH_AVAILABLE else TQDMProgressBar(leave=True)
 
 
-def _trainer(cfg, *, live_bar, accelerator, devices, deterministic):
+def _trainer(cfg, *, live_bar, accelerator, devices, deterministic, first_epoch=0):
     """The Lightning ``Trainer`` of one fit; a request Lightning cannot serve (no GPU,
     ``devices=-1`` on the CPU) is a :class:`PtyparityError`.
 
@@ -204,7 +206,8 @@ def _trainer(cfg, *, live_bar, accelerator, devices, deterministic):
     the fit shows nothing itself (the epoch lines come from :mod:`ptyparity.progress`).
     """
     try:
-        return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs, logger=False,
+        return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs - first_epoch,
+                         logger=False,
                          enable_checkpointing=False, enable_progress_bar=live_bar, enable_model_summary=live_bar,
                          callbacks=[_progress_bar()] if live_bar else None,
                          deterministic=deterministic, num_sanity_val_steps=0)
@@ -214,7 +217,8 @@ def _trainer(cfg, *, live_bar, accelerator, devices, deterministic):
                              f"({reason}); use --accelerator cpu --devices 1") from None
 
 
-def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False):
+def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devices=1, deterministic=False,
+        resume=None, checkpoint=None):
     """Train ``model`` in place with Lightning (SPEC §5).
 
     Batches are ``training_set.epoch_batches(epoch)`` for epoch ``0 … max_epochs-1``,
@@ -240,6 +244,12 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     deterministic : bool
         Torch's deterministic algorithms (``Trainer(deterministic=True)``) for this
         fit; the process-wide flags are restored afterwards.
+    resume : ptyparity.checkpoint.TrainState, optional
+        Continue from this state: its weights (in the training precision), Adam's
+        moments and step, the plateau rule, the history and torch's RNG; epochs
+        ``resume.epoch … max_epochs-1`` run.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` after every epoch (:class:`ptyparity.checkpoint.TrainState`).
 
     Notes
     -----
@@ -263,9 +273,10 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     own_precision = model.precision
     shown, live_bar = progress.training_display(hooks if hooks is not None else TrainHooks(), cfg.max_epochs,
                                                 quiet=quiet)
-    recorder = HistoryHooks(shown)
+    recorder = HistoryHooks(shown, resume.history if resume is not None else None)
+    first_epoch = resume.epoch if resume is not None else 0
     train_loader = DataLoader(_GroupBatches(training_set, precision), batch_size=None,
-                              sampler=_EpochBatchSampler(training_set))
+                              sampler=_EpochBatchSampler(training_set, first_epoch))
     val_batches = training_set.val_batches()
     val_loader = (DataLoader(_GroupBatches(training_set, precision), batch_size=None,
                              sampler=_FixedBatchSampler(val_batches))
@@ -276,12 +287,16 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     torch.manual_seed(cfg.seed)
     with _lightning_output(), _torch_flags_kept():
         trainer = _trainer(cfg, live_bar=live_bar, accelerator=accelerator, devices=devices,
-                           deterministic=deterministic)
-        system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder)
+                           deterministic=deterministic, first_epoch=first_epoch)
+        system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder,
+                                  resume=resume, checkpoint=checkpoint)
         network.set_precision(model, precision)
         system.train()  # Lightning keeps the modes it finds; build() hands out eval mode
         try:
-            trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            if resume is not None:
+                train_state.restore_weights(model, resume)  # exact, in the training precision
+            if first_epoch < cfg.max_epochs:
+                trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
             model.eval()
             network.set_precision(model, own_precision)

@@ -15,9 +15,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from ptyparity import checkpoint as ckpt
 from ptyparity.backends import contract
-from ptyparity.backends.torch import ops
-from ptyparity.training import EpochMeter, PlateauRule, TrainHooks
+from ptyparity.backends.torch import ops, train_state
+from ptyparity.training import EpochMeter, HistoryHooks, PlateauRule
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-7  # Keras' default, so both backends run the same Adam
@@ -35,12 +36,18 @@ class PtychoPINNModule(L.LightningModule):
         reported, never optimised in ``mae`` mode.
     learning_rate : float
         Initial Adam rate; the plateau rule starts from it.
-    hooks : TrainHooks
+    hooks : HistoryHooks
         Receives ``on_step`` after every optimiser step and ``on_epoch_end`` after
-        every epoch (validation included).
+        every epoch (validation included); its ``history`` goes into each checkpoint.
+    resume : ptyparity.checkpoint.TrainState, optional
+        Continue from this state: Lightning's epoch 0 is epoch ``resume.epoch``, the step
+        count, plateau rule and Adam's moments (restored at ``on_train_start``) go on.
+    checkpoint : callable, optional
+        ``checkpoint(state)`` with the :class:`~ptyparity.checkpoint.TrainState` after every epoch.
     """
 
-    def __init__(self, net: nn.Module, *, loss_mode: str, learning_rate: float, hooks: TrainHooks):
+    def __init__(self, net: nn.Module, *, loss_mode: str, learning_rate: float, hooks: HistoryHooks,
+                 resume=None, checkpoint=None):
         super().__init__()
         self.net = net
         self.loss_mode = contract.check_loss_mode(loss_mode)
@@ -49,6 +56,11 @@ class PtychoPINNModule(L.LightningModule):
         self._train = EpochMeter()
         self._val = EpochMeter()
         self._step = 0
+        self._first_epoch = 0
+        self._resume, self._checkpoint = resume, checkpoint
+        if resume is not None:
+            ckpt.restore_plateau(self.plateau, resume.plateau)
+            self._step, self._first_epoch = resume.step, resume.epoch
 
     def forward(self, scaled_diffraction, rel):
         return self.net(scaled_diffraction, rel)
@@ -77,6 +89,10 @@ class PtychoPINNModule(L.LightningModule):
         return loss, deviance
 
     # --- training ------------------------------------------------------------------
+
+    def on_train_start(self):
+        if self._resume is not None:  # the optimizer exists from here on
+            train_state.restore_optimizer(self.net, self.optimizers(use_pl_optimizer=False), self._resume)
 
     def on_train_epoch_start(self):
         self._train = EpochMeter()
@@ -112,7 +128,14 @@ class PtychoPINNModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = next_lr
         self.log("val_deviance", val_deviance, prog_bar=True)
-        self.hooks.on_epoch_end(self.current_epoch, metrics)
+        epoch = self._first_epoch + self.current_epoch
+        self.hooks.on_epoch_end(epoch, metrics)
+        if self._checkpoint is not None:
+            weights, adam_m, adam_v, step, rng = train_state.capture(self.net, optimizer)
+            self._checkpoint(ckpt.TrainState(
+                epoch=epoch + 1, step=step, weights=weights, adam_m=adam_m, adam_v=adam_v,
+                plateau=ckpt.plateau_state(self.plateau), history={k: list(v) for k, v in self.hooks.history.items()},
+                rng=rng))
 
     # --- validation ----------------------------------------------------------------
 

@@ -1,0 +1,268 @@
+"""ptyparity's benchmark: every performance figure, measured side by side in one run.
+
+    .venv/bin/python scripts/bench.py [--quick] [--json bench.json] [--repeats 3] [--only step,train,...]
+
+Sections (each in its own child processes, one at a time, so frameworks never share a
+process and a measurement never competes with another):
+
+- ``step``: bare training-step groups/s per backend at the small (N=32, f=1) and
+  realistic (N=64, f=2) sizes, gridsize 2, batch 16, and their ratio torch/tensorflow;
+- ``train``: end-to-end ``run_train`` groups/s (tracking on) against the bare step rate at
+  the same size, the same training with tracking switched off in-process
+  (:mod:`ptyparity.tracking_off`), where the time goes (phases), and pyfunc
+  ``predict`` against the direct backend call;
+- ``compare``: ``compare --latest`` / ``--pair-key`` run lookups among 1,000 runs, in a
+  sqlite store and through ``mlflow server`` on 127.0.0.1;
+- ``stitch``: NumPy stitching patches/s at N=64;
+- ``pipeline``: the default pipeline's wall time (``--quick``: a shortened one), each step's
+  wall time and peak RSS, and process start + framework import per kind of step.
+
+Every figure is a median of ``--repeats`` (>= 3) samples; every comparison is a ratio of
+figures taken in the same run; the JSON records the core count and the load average,
+since on a shared machine absolute numbers drift. ``--quick`` takes ~2-3 minutes on
+2 cores, the full run ~10-15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKERS = os.path.join(HERE, "bench_workers.py")
+SECTIONS = ("step", "train", "compare", "stitch", "pipeline")
+BACKENDS = ("torch", "tensorflow")
+# (quick, full) sizes of each measurement.
+PLAN = {
+    "step_groups": ({"small": 96, "realistic": 48}, {"small": 512, "realistic": 256}),
+    "train": ({"size": "small", "n_groups": 128, "epochs": 2}, {"size": "small", "n_groups": 512, "epochs": 8}),
+    "pipeline": ({"n_groups": 64, "max_epochs": 1}, {}),
+    "pipeline_repeats": (1, 3),
+}
+# name -> (goal text, test) for the table; the ratios are the issue's goals.
+GOALS = {
+    "ratio_torch_over_tf": (">= 1.0", lambda v: v >= 1.0),
+    "e2e_over_bare": (">= 0.9", lambda v: v >= 0.9),
+    "tracking_overhead": ("<= 0.03", lambda v: v <= 0.03),
+    "pyfunc_overhead": ("<= 0.10", lambda v: v <= 0.10),
+    "_s": ("<= 2 s", lambda v: v <= 2.0),
+    "patches_per_s": (">= 10000", lambda v: v >= 10000),
+}
+
+
+def _child_env():
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("PYTHONPATH", os.path.dirname(HERE))
+    return env
+
+
+def worker(kind, **args):
+    """Run one measurement in a child process; its ``BENCH {json}`` line, parsed."""
+    proc = subprocess.run([sys.executable, WORKERS, kind, json.dumps(args)], capture_output=True, text=True,
+                          env=_child_env())
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench worker {kind} {args} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("BENCH "):])
+
+
+OPTIONS = {"accelerator": "cpu", "sizes": None}  # set by main (bench_gpu.sh: --accelerator gpu --sizes realistic)
+
+
+def section_step(quick, repeats, figures, raw):
+    groups = PLAN["step_groups"][0 if quick else 1]
+    groups = {k: v for k, v in groups.items() if k in (OPTIONS["sizes"] or groups)}
+    for backend in BACKENDS:
+        out = raw[f"step.{backend}"] = worker("step", backend=backend, sizes=list(groups), n_groups=groups,
+                                              repeats=repeats, accelerator=OPTIONS["accelerator"])
+        for size in groups:
+            figures[f"step.{size}.{backend}.groups_per_s"] = out[size]
+    for size in groups:
+        figures[f"step.{size}.ratio_torch_over_tf"] = (figures[f"step.{size}.torch.groups_per_s"]
+                                                      / figures[f"step.{size}.tensorflow.groups_per_s"])
+
+
+def section_train(quick, repeats, figures, raw):
+    plan = PLAN["train"][0 if quick else 1]
+    for backend in BACKENDS:
+        out = raw[f"train.{backend}"] = worker("train", backend=backend, repeats=repeats, **plan)
+        figures[f"e2e.{backend}.groups_per_s"] = out["e2e"]
+        figures[f"e2e.{backend}.bare_groups_per_s"] = out["bare"]
+        figures[f"e2e.{backend}.e2e_over_bare"] = out["e2e"] / out["bare"]
+        figures[f"tracking.{backend}.off_groups_per_s"] = out["off"]
+        figures[f"tracking.{backend}.tracking_overhead"] = out["off"] / out["e2e"] - 1
+        for phase, seconds in out["phases"].items():
+            figures[f"e2e.{backend}.phase.{phase}_seconds"] = seconds
+        figures[f"infer.{backend}.direct_groups_per_s"] = out["direct_groups_per_s"]
+        figures[f"infer.{backend}.pyfunc_groups_per_s"] = out["pyfunc_groups_per_s"]
+        figures[f"infer.{backend}.pyfunc_overhead"] = out["direct_groups_per_s"] / out["pyfunc_groups_per_s"] - 1
+
+
+def section_compare(quick, repeats, figures, raw):
+    out = raw["compare"] = worker("compare", repeats=repeats, n_runs=1000)
+    figures["compare.n_runs"] = out["n_runs"]
+    for store in ("sqlite", "server"):
+        for lookup in ("latest", "pair_key"):
+            figures[f"compare.{store}.{lookup}_s"] = _median(out[store][lookup])
+
+
+def section_stitch(quick, repeats, figures, raw):
+    out = raw["stitch"] = worker("stitch", repeats=repeats)
+    figures["stitch.n64.integer.patches_per_s"] = out["integer"]
+    figures["stitch.n64.jittered.patches_per_s"] = out["jittered"]
+
+
+START_CODE = {  # what a step's process imports before it does anything (cli + mlflow + its framework)
+    "none": "import ptyparity.cli, ptyparity.tracking as t; t._mlflow()",
+    "torch": "import ptyparity.cli, ptyparity.tracking as t; t._mlflow(); "
+             "from ptyparity.backends import load_backend; load_backend('torch')",
+    "tensorflow": "import ptyparity.cli, ptyparity.tracking as t; t._mlflow(); "
+                  "from ptyparity.backends import load_backend; load_backend('tensorflow')",
+}
+STEP_KIND = {"simulate": "none", "train_torch": "torch", "train_tensorflow": "tensorflow", "infer_torch": "torch",
+             "infer_tensorflow": "tensorflow", "compare": "none"}
+
+
+def section_pipeline(quick, repeats, figures, raw):
+    for kind, code in START_CODE.items():
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, env=_child_env(), capture_output=True)
+            samples.append(time.perf_counter() - start)
+        figures[f"pipeline.start_import.{kind}_seconds"] = _median(samples)
+    overrides = PLAN["pipeline"][0 if quick else 1]
+    runs = [_pipeline_once(overrides) for _ in range(PLAN["pipeline_repeats"][0 if quick else 1])]
+    raw["pipeline"] = runs
+    figures["pipeline.wall_seconds"] = _median([r["wall"] for r in runs])
+    figures["pipeline.verdict_pass"] = float(all(r["verdict"] == "pass" for r in runs)) if not quick else float(
+        all(r["exit"] in (0, 1) for r in runs))
+    for step in STEP_KIND:
+        figures[f"pipeline.step.{step}_seconds"] = _median([r["metrics"][f"step_seconds.{step}"] for r in runs])
+        figures[f"rss.{step}_mb"] = max(r["metrics"][f"step_peak_rss_mb.{step}"] for r in runs)
+    start_cost = sum(figures[f"pipeline.start_import.{kind}_seconds"] for kind in STEP_KIND.values())
+    steps = {s: figures[f"pipeline.step.{s}_seconds"] for s in STEP_KIND}
+    figures["pipeline.breakdown.start_import_seconds"] = start_cost
+    figures["pipeline.breakdown.data_seconds"] = steps["simulate"] - figures["pipeline.start_import.none_seconds"]
+    figures["pipeline.breakdown.training_seconds"] = _median([r["train_fit"] for r in runs])
+    figures["pipeline.breakdown.after_training_seconds"] = _median([r["train_after"] for r in runs])
+    figures["pipeline.breakdown.infer_seconds"] = sum(steps[f"infer_{b}"] - figures[f"pipeline.start_import.{b}_seconds"]
+                                                      for b in BACKENDS)
+    figures["pipeline.breakdown.compare_seconds"] = steps["compare"] - figures["pipeline.start_import.none_seconds"]
+    figures["pipeline.breakdown.parent_seconds"] = figures["pipeline.wall_seconds"] - sum(steps.values())
+
+
+def _pipeline_once(overrides):
+    """One ``ptyparity pipeline`` in a fresh directory and store; its wall time, verdict and
+    the per-step metrics it records, plus each train run's time up to its last epoch
+    (``train_fit``: inputs, first dump, the fit) and after it (``train_after``: final dump,
+    held-out deviance, plots, bundle and registry, descriptions), from MLflow's timestamps."""
+    tmp = tempfile.mkdtemp(prefix="bench-pipeline-")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    args = [sys.executable, "-m", "ptyparity", "pipeline", "--out-dir", os.path.join(tmp, "data"), "--quiet"]
+    for key, value in overrides.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    start = time.perf_counter()
+    proc = subprocess.run(args, cwd=tmp, env={**_child_env(), "MLFLOW_TRACKING_URI": uri}, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"pipeline failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    probe = ("import json, sys, mlflow; c = mlflow.MlflowClient(); "
+             "p = [r for r in mlflow.search_runs(search_all_experiments=True, output_format='list') "
+             "if r.data.tags.get('ptyparity.kind') == 'pipeline'][0]; out = {'metrics': p.data.metrics, "
+             "'verdict': p.data.tags.get('parity.verdict'), 'train': []}\n"
+             "for k, v in p.data.tags.items():\n"
+             "    if k.startswith('pipeline.train_'):\n"
+             "        r = c.get_run(v); last = max(m.timestamp for m in c.get_metric_history(v, 'train_loss'))\n"
+             "        out['train'].append([(last - r.info.start_time) / 1e3, (r.info.end_time - last) / 1e3])\n"
+             "print(json.dumps(out))")
+    rec = json.loads(subprocess.run([sys.executable, "-c", probe], env={**_child_env(), "MLFLOW_TRACKING_URI": uri},
+                                    capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    return {"wall": wall, "exit": proc.returncode, "verdict": rec["verdict"], "metrics": rec["metrics"],
+            "train_fit": sum(t[0] for t in rec["train"]), "train_after": sum(t[1] for t in rec["train"])}
+
+
+def _median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return float(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2)
+
+
+def _goal(name):
+    for suffix, goal in GOALS.items():
+        if name.endswith(suffix) and (suffix != "_s" or name.startswith("compare.")):
+            return goal
+    return None
+
+
+def table(figures):
+    lines = [f"{'figure':58s} {'value':>12s}  goal"]
+    for name, value in figures.items():
+        goal = _goal(name)
+        mark = "" if goal is None else f"{goal[0]:9s} {'ok' if goal[1](value) else 'MISSED'}"
+        lines.append(f"{name:58s} {value:12.4g}  {mark}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, a shortened pipeline (~2-3 min)")
+    parser.add_argument("--json", help="write every figure, the raw samples and the machine here")
+    parser.add_argument("--repeats", type=int, default=3, help="samples per figure (>= 3)")
+    parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--accelerator", default="cpu", help="step section only: cpu or gpu (bench_gpu.sh)")
+    parser.add_argument("--sizes", help="step section only: small,realistic (default both)")
+    parser.add_argument("--step-groups", type=int, help="step section only: groups per epoch at every size")
+    args = parser.parse_args(argv)
+    OPTIONS.update(accelerator=args.accelerator, sizes=args.sizes.split(",") if args.sizes else None)
+    if args.step_groups:
+        PLAN["step_groups"] = tuple({k: args.step_groups for k in plan} for plan in PLAN["step_groups"])
+    if args.repeats < 3:
+        parser.error("--repeats must be >= 3 (every figure is a median)")
+    sections = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    figures, raw, seconds = {}, {}, {}
+    started = time.perf_counter()
+    meta = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
+            "processor": _cpu_model(), "python": platform.python_version(), "quick": args.quick,
+            "repeats": args.repeats, "accelerator": args.accelerator, "load_average_start": os.getloadavg(),
+            "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "PTYPARITY_TORCH_THREADS")}}
+    for name in sections:
+        start = time.perf_counter()
+        globals()[f"section_{name}"](args.quick, args.repeats, figures, raw)
+        seconds[name] = time.perf_counter() - start
+        print(f"[bench] {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+    meta.update(load_average_end=os.getloadavg(), seconds=seconds, total_seconds=time.perf_counter() - started,
+                threads={k: v.get("threads") for k, v in raw.items() if isinstance(v, dict) and "threads" in v})
+    bad = [k for k, v in figures.items() if not math.isfinite(v)]
+    print(table(figures))
+    print(f"cores {meta['cores']}, load average {meta['load_average_start'][0]:.1f} -> "
+          f"{meta['load_average_end'][0]:.1f}, {meta['total_seconds']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "figures": figures, "raw": raw}, fh, indent=1, default=float)
+    return 1 if bad else 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
