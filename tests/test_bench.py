@@ -4,6 +4,7 @@ the machine is shared; the figures' values are for people, their presence for th
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -34,11 +35,17 @@ EXPECTED = (
 
 
 @pytest.fixture(scope="module")
-def quick_bench(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def quick_bench():
+    # Kept where a person finds it after CI (git-ignored): the figures are for the closing note.
+    out_dir = os.path.join(ROOT, "test-artifacts", "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    out = pathlib.Path(out_dir) / "quick.json"
+    if out.exists():
+        out.unlink()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (pathlib.Path(out_dir) / "quick.txt").write_text(proc.stdout)
     return json.loads(out.read_text()), proc.stdout
 
 
