@@ -3,6 +3,9 @@ layout, the ``nn.Module`` call, ``channels_last`` memory and autograd. What both
 backends must do (taps, weights, references, bad input) is in ``test_contract.py``."""
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,6 +125,22 @@ def test_build_hands_out_an_eval_model_with_channels_last_kernels():
     assert not model.training
     for spec in architecture.all_convs(cfg):
         assert model.get_submodule(spec.name).weight.is_contiguous(memory_format=torch.channels_last), spec.name
+
+
+def test_inference_path_never_imports_lightning():
+    """Loading a bundle and running its torch forward (what ``infer`` and the MLflow pyfunc
+    do) needs torch only: Lightning, ~3 s of import per process, is ``fit``'s alone. A fresh
+    interpreter, since this test process may already hold Lightning."""
+    data = pathlib.Path(__file__).parents[1] / "data"
+    code = ("import sys, numpy as np; from ptyparity import bundle; "
+            f"rec = bundle.load({str(data / 'bundle_v1')!r}); api, model = rec.model('torch'); "
+            f"batch = np.load({str(data / 'bundle_v1_expected.npz')!r}, allow_pickle=False); "
+            "taps = api.forward(model, batch['scaled_diffraction'], batch['rel'], keep=['amp_patches']); "
+            "api.versions(); "
+            "print(taps['amp_patches'].shape == batch['amp_patches'].shape, 'torch' in sys.modules, "
+            "sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True []", out.stdout + out.stderr
 
 
 def test_forward_rejects_wrong_input_shape():

@@ -3,23 +3,25 @@
 NumPy in, NumPy out, canonical channel-last layouts at every boundary. Training
 runs through Lightning with the batches, batch order, loss reduction, optimizer
 and plateau rule that SPEC §5 fixes for both backends.
+
+Lightning is imported by :func:`fit` only: it costs ~3 s per process on top of
+torch, and building, loading and running a model (``infer``, a bundle, the MLflow
+pyfunc) never needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import warnings
 
-import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ptyparity import progress
 from ptyparity.backends import contract
 from ptyparity.backends.torch import network, ops, train_state
-from ptyparity.backends.torch.lightning_module import PtychoPINNModule
 from ptyparity.errors import PtyparityError
 from ptyparity.training import HistoryHooks, TrainHooks
 
@@ -33,7 +35,9 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 def versions():
     """Framework versions, logged as run params."""
-    return {"torch_version": torch.__version__, "lightning_version": L.__version__}
+    # The installed distribution's version (what ``lightning.__version__`` says), read
+    # without importing Lightning.
+    return {"torch_version": torch.__version__, "lightning_version": importlib.metadata.version("lightning")}
 
 
 def build(cfg, probe, weights, *, device=None, precision="float32"):
@@ -205,6 +209,9 @@ def _trainer(cfg, *, live_bar, accelerator, devices, deterministic, first_epoch=
     ``live_bar``: Lightning's progress bar and model summary (a terminal); without it
     the fit shows nothing itself (the epoch lines come from :mod:`ptyparity.progress`).
     """
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs - first_epoch,
                          logger=False,
@@ -266,6 +273,8 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         ``intensity_scale``, ``learning_rate``; per step: ``train_step_loss``,
         ``train_step_deviance``.
     """
+    from ptyparity.backends.torch.lightning_module import PtychoPINNModule
+
     cfg = training_set.cfg
     contract.check_fit_model(model.cfg, training_set)
     contract.check_accelerator(accelerator, devices)
