@@ -92,16 +92,19 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFA
         backend, cfg, train_path=train_path, test_path=test_path, measurement=measurement, force=force,
         init_from=init_from, digest=digest))
     with tracking.start_run("train", backend=backend, experiment=experiment, run_name=run_name, tags=tags) as run:
-        _log_inputs(api, backend, cfg, ts, data, digest, train_path)
+        # The same record API an outside implementation uses (ptyparity.record).
+        rec = record.RunRecord(run.info.run_id, "train", n=cfg.model.N, gridsize=cfg.model.gridsize,
+                               probe_big=cfg.model.probe_big, backend=backend)
+        _log_inputs(rec, api, backend, cfg, ts, data, digest, train_path)
         model = api.build(cfg.model, ts.probe, weights)
         probe = _Probe(api, model, data, test, ts, log_patch_stats=log_patch_stats, log_dump=debug_dump)
         probe.dump(names.DEBUG_DUMP_INITIAL, 0, ts.scales)
         dev0 = probe.test_deviance(ts.scales)
         if resume is not None:
             resuming.log_resumed_history(resume.state)
-        fit = _fit(api, model, ts, quiet=quiet, accelerator=accelerator, devices=devices, checkpoint=saver,
+        fit = _fit(rec, api, model, ts, quiet=quiet, accelerator=accelerator, devices=devices, checkpoint=saver,
                    resume=None if resume is None else resume.state)
-        tracking.log_params({"intensity_scale": fit.scales.intensity_scale})
+        rec.log_scales(intensity_scale=fit.scales.intensity_scale)
         final = probe.dump(names.DEBUG_DUMP_FINAL, cfg.max_epochs, fit.scales)
         final.update({k: fit.history[k][-1] for k in ("train_loss", "val_loss", "train_deviance", "val_deviance")})
         dev1 = probe.test_deviance(fit.scales)
@@ -196,7 +199,7 @@ def _initial_weights(cfg, scales, init_from, start=None):
     return weights
 
 
-def _log_inputs(api, backend, cfg, ts, data, digest, train_path):
+def _log_inputs(rec, api, backend, cfg, ts, data, digest, train_path):
     """Params (config, starting scales but not ``intensity_scale``, versions, sizes),
     the dataset input and ``config.json``."""
     params = config_params(cfg)
@@ -204,7 +207,7 @@ def _log_inputs(api, backend, cfg, ts, data, digest, train_path):
     params.update(api.versions())
     params.update(patch_stats_limit=cfg.patch_stats_limit, n_train_groups=len(ts.train_idx),
                   n_val_groups=len(ts.val_idx))
-    tracking.log_params(params)
+    rec.log_params(params)
     tracking.log_dataset(data, name="train", digest=digest, source=train_path, context="training")
     tracking.log_dict({"train_config": dataclasses.asdict(cfg), "scales": dataclasses.asdict(ts.scales),
                        "backend": backend}, names.CONFIG_JSON)
@@ -257,7 +260,8 @@ class _Probe:
 class _EpochLogger(training.TrainHooks):
     """Logs each epoch's metrics as it ends; keeps the per-step values for one batch write."""
 
-    def __init__(self):
+    def __init__(self, rec):
+        self.rec = rec
         self.steps = {key: [] for key in training.STEP_KEYS}
 
     def on_step(self, step, metrics):
@@ -265,15 +269,15 @@ class _EpochLogger(training.TrainHooks):
             self.steps[key].append(metrics[key])
 
     def on_epoch_end(self, epoch, metrics):
-        tracking.log_metrics(metrics, step=epoch)
+        self.rec.log_epoch(epoch, {k: v for k, v in metrics.items() if v is not None})
 
 
-def _fit(api, model, ts, resume=None, **fit_options):
+def _fit(rec, api, model, ts, resume=None, **fit_options):
     """:func:`training.fit_model`, with the step series logged even when it diverges (whose
     message becomes tag ``ptyparity.error``); a resumed fit's series start with the checkpoint's."""
     from ptyparity.errors import PtyparityError
 
-    hooks = _EpochLogger()
+    hooks = _EpochLogger(rec)
     if resume is not None:
         hooks.steps = {key: list(resume.history[key]) for key in training.STEP_KEYS}
     try:
@@ -282,8 +286,7 @@ def _fit(api, model, ts, resume=None, **fit_options):
         tracking.set_tags({names.TAG_ERROR: str(err)[:5000]})
         raise
     finally:
-        for key in ("train_step_deviance", "train_step_loss"):
-            tracking.log_series(key, hooks.steps[key])
+        rec.log_steps({key: hooks.steps[key] for key in ("train_step_deviance", "train_step_loss")})
 
 
 def _log_history(history):
