@@ -84,11 +84,8 @@ def restore_plateau(rule, state):
 
 
 def _sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def save(state: TrainState, directory, *, meta=None):
