@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ptyparity.physics import translate
+from ptyparity.physics import _out_dtype, translate
 
 
 def extract_object_patches(obj, pos, n):
@@ -45,7 +45,11 @@ def extract_object_patches(obj, pos, n):
     rows = base[:, 1, None] - n // 2 + margin + ar  # (K, N+1)
     cols = base[:, 0, None] - n // 2 + margin + ar
     windows = padded[rows[:, :, None], cols[:, None, :]]
-    patches = translate(windows, -frac)[:, :n, :n]
+    if frac.any():
+        patches = translate(windows, -frac)[:, :n, :n]
+    else:  # integer centres (a raster scan): a shift by 0 is the window itself, exactly, and
+        # skipping its (N+1)^2 matrix products is most of the cost at N=64 (38 s for 13k patches)
+        patches = windows[:, :n, :n].astype(_out_dtype(windows))
     return patches.reshape(lead + (n, n))
 
 

@@ -42,7 +42,9 @@ BACKENDS = ("torch", "tensorflow")
 # (quick, full) sizes of each measurement.
 PLAN = {
     "step_groups": ({"small": 96, "realistic": 48}, {"small": 512, "realistic": 256}),
-    "train": ({"size": "small", "n_groups": 128, "epochs": 2}, {"size": "small", "n_groups": 512, "epochs": 8}),
+    # infer_patterns: the inference figures' share of the test scan (quick: its top 12 rows of 57).
+    "train": ({"size": "small", "n_groups": 128, "epochs": 2, "infer_patterns": 684},
+              {"size": "small", "n_groups": 512, "epochs": 8, "infer_patterns": None}),
     "pipeline": ({"n_groups": 64, "max_epochs": 1}, {}),
     "pipeline_repeats": (1, 3),
 }

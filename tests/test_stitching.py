@@ -15,6 +15,24 @@ def test_integer_extraction_is_a_slice(rng):
     np.testing.assert_allclose(patch, obj[20 - 8 : 20 + 8, 30 - 8 : 30 + 8])
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.float32, np.int16])
+def test_integer_extraction_equals_the_zero_shift_exactly(rng, dtype):
+    # Integer centres skip the bilinear shift; what they return must be, bit for bit and in
+    # dtype, what the shift by zero returns (translate of the same windows).
+    from ptyparity.physics import translate
+
+    obj = (rng.normal(size=(48, 56)) * 50).astype(np.float64)
+    obj = (obj + 1j * obj[::-1]).astype(dtype) if np.dtype(dtype).kind == "c" else obj.astype(dtype)
+    pos = np.array([[8.0, 8.0], [30.0, 20.0], [50.0, 44.0], [0.0, 3.0]])  # two reach past the edge
+    got = extract_object_patches(obj, pos, 16)
+    padded = np.pad(obj, 18)
+    windows = np.stack([padded[int(y) - 8 + 18 : int(y) + 9 + 18, int(x) - 8 + 18 : int(x) + 9 + 18]
+                        for x, y in pos])
+    expected = translate(windows, np.zeros((len(pos), 2)))[:, :16, :16]
+    assert got.dtype == expected.dtype
+    assert got.tobytes() == expected.tobytes()
+
+
 def test_fractional_extraction_interpolates(rng):
     obj = rng.normal(size=(64, 64))
     half = extract_object_patches(obj, np.array([30.5, 20.0]), 16)
