@@ -10,15 +10,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
+from mlflow_server import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,44 +27,14 @@ SCREENSHOTS = os.path.join(ARTIFACT_DIR, "ui_screenshots")
 STEP_NAMES = ["compare", "infer-tensorflow", "infer-torch", "simulate", "train-tensorflow", "train-torch"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url, proc, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, url = start_server(f"sqlite:///{root / 'mlflow.db'}", root, timeout=90)
     try:
-        wait_healthy(url, proc)
         yield url, root
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

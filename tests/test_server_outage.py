@@ -25,18 +25,15 @@ bundle holds, every epoch and every step of each metric, the bundle artifact, re
 version 1, loadable with verification from a fresh download.
 """
 
-import contextlib
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
+from mlflow_server import free_port, healthy, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -47,52 +44,10 @@ OUTAGE_S = 10.0  # no listener on the port this long; the restart (~5-15 s) adds
 TRAIN_TIMEOUT_S = 300  # far above MLflow's ~244 s retry budget: a hung training fails the test, not CI
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url):
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def start_server(root, port, log_name):
-    """`mlflow server` on ``root``'s sqlite store and artifact root; returns (proc, log path) once healthy."""
-    url = f"http://127.0.0.1:{port}"
-    log_path = root / log_name
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while not healthy(url):
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        if time.time() > deadline:
-            stop_server(proc)
-            raise TimeoutError(f"mlflow server at {url} not healthy after 120 s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-def stop_server(proc, grace_s=5):
-    """SIGTERM the server's process group, SIGKILL what is left after ``grace_s``."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+def start(root, port, log_name):
+    """`mlflow server` on ``root``'s sqlite store, served artifacts, on ``port``; once healthy."""
+    return start_server(f"sqlite:///{root / 'mlflow.db'}", root, port=port, log_name=log_name,
+                        serve_artifacts=True)[0]
 
 
 def child_env(url, **extra):
@@ -125,7 +80,7 @@ def outage(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
-    server = start_server(root, port, "server-1.log")
+    server = start(root, port, "server-1.log")
     timings = {"server_start_s": time.time() - t0}
     try:
         sim = subprocess.run([sys.executable, "-m", "ptyparity", "simulate", "--out-dir", str(root / "data"),
@@ -150,7 +105,7 @@ def outage(tmp_path_factory):
             assert not healthy(url)
             time.sleep(OUTAGE_S)
             assert train.poll() is None, "the training ended while the server was down"
-            server = start_server(root, port, "server-2.log")
+            server = start(root, port, "server-2.log")
             t_up = time.time()
             timings["outage_s"] = t_up - t_down
             assert train.poll() is None, "the training ended before the server came back"

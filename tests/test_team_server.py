@@ -10,24 +10,21 @@ users run it. PostgreSQL is Debian's `postgresql` package (`make system-deps`, w
 tests fail with the install command, they are never skipped.
 """
 
-import contextlib
 import glob
 import json
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from mlflow_server import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +37,6 @@ TRAIN_ARGS = ("--n-groups", "64", "--max-epochs", str(MAX_EPOCHS), "--n-filters-
 CHILD_TIMEOUT_S = 600
 INSTALL_HINT = ("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package "
                 "(`apt-get install postgresql`, or `make system-deps` as root, which `.ci/run` runs)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bindir():
@@ -110,54 +101,16 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_healthy(url, proc, log, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_process_group(proc, grace_s=5):
-    """SIGTERM the server's process group; SIGKILL what is left after ``grace_s`` (the
-    throwaway server's helpers can take ~10 s more to exit after uvicorn has stopped)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def team_server(postgres, tmp_path_factory):
     """`mlflow server` on the PostgreSQL store with served artifacts; yields (url, root)."""
     root = tmp_path_factory.mktemp("team")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = root / "mlflow-server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", postgres,
-         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The server migrates the empty database's schema once, before any client opens it.
+    proc, url = start_server(postgres, root, log_name="mlflow-server.log", serve_artifacts=True)
     try:
-        wait_healthy(url, proc, log_path)  # the server migrated the empty database's schema once
         yield url, root
     finally:
-        stop_process_group(proc)
-        log.close()
+        stop_server(proc)
 
 
 def child_env(uri):

@@ -20,18 +20,13 @@ import urllib.request
 
 import pytest
 import yaml
+from mlflow_server import free_port, start_server, stop_server
 
 from ptyparity import names, tracking
 from ptyparity.errors import PtyparityError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_BOUND_S = 30  # a bound on hanging only; measured ~2 s per command on 2 loaded cores
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_answering(url, proc, timeout=60):
@@ -195,14 +190,8 @@ def test_the_check_passes_a_real_server_and_a_writable_sqlite_store(tmp_path, mo
     sqlite_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.check_store(sqlite_uri) == sqlite_uri
     assert os.listdir(tmp_path) == [], "the write probe leaves nothing behind"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
-                               sqlite_uri, "--artifacts-destination", str(tmp_path / "artifacts"), "--host",
-                               "127.0.0.1", "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server, url = start_server(sqlite_uri, tmp_path)
     try:
-        wait_answering(f"{url}/health", server, timeout=120)
         assert tracking.check_store(url) == url
         (tmp_path / "cwd").mkdir()
         proc = subprocess.run([sys.executable, "-m", "ptyparity", "compare", "--latest"], cwd=tmp_path / "cwd",
@@ -210,8 +199,7 @@ def test_the_check_passes_a_real_server_and_a_writable_sqlite_store(tmp_path, mo
         # Past the check: the refusal is about the (empty) experiment, not the server.
         assert proc.returncode == 2 and "no complete torch/tensorflow pair" in proc.stderr, proc.stderr
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        stop_server(server)
         mlflow.set_tracking_uri(None)
 
 
