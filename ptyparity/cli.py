@@ -314,9 +314,9 @@ def pipeline(
 ):
     """The default pipeline: simulate, train both backends, infer both, compare.
 
-    Each step is a nested MLflow run under one ``pipeline`` run and runs in its own
-    process; exits 0 when the verdict is pass, 1 when it is fail or inconclusive, 2 on
-    an error.
+    Each step is a nested MLflow run under one ``pipeline`` run; simulate and compare
+    run in this process, each backend's train and infer in one process of its own;
+    exits 0 when the verdict is pass, 1 when it is fail or inconclusive, 2 on an error.
     """
     with _user_errors(tracked=True):
         result = runs.run_pipeline(preset=preset, out_dir=out_dir, seed=seed, overwrite=overwrite,

@@ -1,21 +1,21 @@
-"""The ``pipeline`` run: simulate -> train torch -> train tensorflow -> infer both ->
-compare, each step a nested child run in its own process (one framework per process).
+"""The ``pipeline`` run: simulate -> train and infer torch -> train and infer tensorflow ->
+compare, each step a nested child run, in three processes: simulate and compare in the
+pipeline's own (no framework), each backend's train and infer in one child process of its
+own (one framework per process, one child at a time).
 
-Each step is the ``ptyparity`` CLI, called with arguments built by :func:`cli_args`
-from one dict of option values, and reports the id of the run it opened through the
-file named by ``$PTYPARITY_RUN_ID_FILE`` (see :func:`ptyparity.tracking.start_run`).
+Each step is the ``ptyparity`` CLI command, called with arguments built by :func:`cli_args`
+from one dict of option values (:mod:`ptyparity.runs.pipeline_steps` runs them), and reports
+the id of the run it opened through the file named by ``$PTYPARITY_RUN_ID_FILE`` (see
+:func:`ptyparity.tracking.start_run`).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
-import time
 
 from ptyparity import console, descriptions, names, tracking, tracking_notes
 from ptyparity.errors import PtyparityError
+from ptyparity.runs import pipeline_steps
 from ptyparity.runs.common import PipelineResult
 
 PRESETS = {
@@ -25,7 +25,8 @@ PRESETS = {
     "full": {"n": 64, "n_filters_scale": 2, "n_groups": 4096, "max_epochs": 50, "gridsize": 2, "batch_size": 16},
 }
 SIMULATE_SIZES = ("n",)  # the preset's sizes for `simulate`; the others are `train` options
-BACKEND_STEPS = ("torch", "tensorflow")
+BACKEND_STEPS = ("torch", "tensorflow")  # one child process each, in this order
+STEPS = ("simulate", "train_torch", "train_tensorflow", "infer_torch", "infer_tensorflow", "compare")
 
 
 def cli_args(command, options):
@@ -62,50 +63,8 @@ def resolve_preset(preset, overrides=None):
     return sizes
 
 
-def run_step(args, env, *, quiet, ok_codes=(0,), usage=None):
-    """Run ``python -m ptyparity ARGS`` as a child process.
-
-    Parameters
-    ----------
-    usage : dict, optional
-        Receives ``seconds`` (wall time) and ``peak_rss_mb`` (the child's peak resident
-        memory, from ``os.wait4``) of the step.
-
-    Returns
-    -------
-    run_id : str
-        The run the step opened, as it reported it.
-    returncode : int
-        One of ``ok_codes`` (anything else raises :class:`PtyparityError`).
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        id_file = os.path.join(tmp, "run_id")
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ptyparity", *args],
-                                env={**env, names.RUN_ID_FILE_ENV: id_file},
-                                stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                                text=True)
-        output = proc.stdout.read() if quiet else ""
-        # wait4 rather than wait: it also returns the child's own peak RSS (ru_maxrss, KiB on Linux).
-        _, status, rusage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if usage is not None:
-            usage.update(seconds=time.perf_counter() - start, peak_rss_mb=rusage.ru_maxrss / 1024)
-        run_id = tracking.read_reported_run_id(id_file)
-    if proc.returncode not in ok_codes:
-        tail = output.strip().splitlines()[-1:] if quiet else []
-        raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' failed with exit code {proc.returncode}"
-                             + (f": {tail[0]}" if tail else ""))
-    if run_id is None:
-        raise PtyparityError(f"pipeline step '{' '.join(args[:3])}' reported no run id; is the ptyparity on "
-                             f"{sys.executable} this version?")
-    return run_id, proc.returncode
-
-
-def _child_env(uri, parent_run_id):
-    """The steps' environment: ours, the store, and the frameworks' quiet defaults
+def child_env(uri, parent_run_id):
+    """The backend processes' environment: ours, the store, and the frameworks' quiet defaults
     (:func:`ptyparity.console.framework_env`; a value the user set wins)."""
     env = console.framework_env(dict(os.environ, MLFLOW_TRACKING_URI=uri, OMP_WAIT_POLICY="PASSIVE"))
     env[names.PARENT_RUN_ID_ENV] = parent_run_id
@@ -115,8 +74,9 @@ def _child_env(uri, parent_run_id):
 
 def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, experiment=names.DEFAULT_EXPERIMENT,
                  quiet=False, accelerator="cpu", devices=1, overrides=None, echo=print):
-    """simulate -> train torch -> train tensorflow -> infer both -> compare, as one
-    ``pipeline`` run whose steps are nested child runs, each in its own process.
+    """simulate -> train and infer torch -> train and infer tensorflow -> compare, as one
+    ``pipeline`` run whose steps are nested child runs: simulate and compare in this
+    process, each backend's two steps in one child process (see the module docstring).
 
     Parameters
     ----------
@@ -146,34 +106,41 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         # parameters (n_groups=0 meaning "the preset's") on this same run.
         params = {"preset": preset, "seed": seed, **{f"{names.RESOLVED_PREFIX}{k}": v for k, v in sizes.items()}}
         tracking.log_params(params)
-        env = _child_env(uri, parent.info.run_id)
+        parent_id = parent.info.run_id
+        env = child_env(uri, parent_id)
         common = {"experiment": experiment}
-        usage = {}  # step -> {"seconds", "peak_rss_mb"}
+        usage = {}  # step -> {"seconds", "peak_rss_mb"}; in-process steps: the pipeline process's peak so far
         if overwrite or not (os.path.exists(train_path) and os.path.exists(test_path)):
             echo(f"[1/6] simulate N={sizes['n']} into {out_dir}")
-            run_step(cli_args("simulate", {"out_dir": out_dir, **{k: sizes[k] for k in SIMULATE_SIZES},
-                                           "seed": seed, "overwrite": True, **common, "run_name": "simulate"}),
-                     env, quiet=quiet, usage=usage.setdefault("simulate", {}))
+            pipeline_steps.run_cli_step(
+                cli_args("simulate", {"out_dir": out_dir, **{k: sizes[k] for k in SIMULATE_SIZES}, "seed": seed,
+                                      "overwrite": True, **common, "run_name": "simulate"}),
+                quiet=quiet, parent_run_id=parent_id, usage=usage.setdefault("simulate", {}))
         else:
             echo(f"[1/6] reusing {train_path} and {test_path} (pass --overwrite to simulate again)")
         train_sizes = {k: v for k, v in sizes.items() if k not in SIMULATE_SIZES}
         runs = {}
-        for step, backend in enumerate(BACKEND_STEPS, start=2):
-            echo(f"[{step}/6] train {backend}: {sizes['n_groups']} groups, {sizes['max_epochs']} epochs")
-            runs[f"train_{backend}"], _ = run_step(cli_args("train", {
-                "backend": backend, "train_data": train_path, "test_data": test_path, **train_sizes, "seed": seed,
-                "accelerator": accelerator, "devices": devices, "quiet": quiet, **common,
-                "run_name": f"train-{backend}"}), env, quiet=quiet, usage=usage.setdefault(f"train_{backend}", {}))
-        for step, backend in enumerate(BACKEND_STEPS, start=4):
-            model_uri = _registered_model_uri(backend, runs[f"train_{backend}"])
-            echo(f"[{step}/6] infer {backend} with {model_uri}")
-            runs[f"infer_{backend}"], _ = run_step(cli_args("infer", {
-                "model": model_uri, "data": test_path, **common, "run_name": f"infer-{backend}"}), env, quiet=quiet,
-                usage=usage.setdefault(f"infer_{backend}", {}))
+        for i, backend in enumerate(BACKEND_STEPS):  # one process each: train, then infer its version
+            number = 2 + 2 * i  # [2/6] train torch, [3/6] infer torch, [4/6] train tensorflow, …
+
+            def infer_started(step, args, number=number + 1, backend=backend):
+                if step.startswith("infer"):
+                    echo(f"[{number}/6] infer {backend} with {args[args.index('--model') + 1]}")
+
+            echo(f"[{number}/6] train {backend}: {sizes['n_groups']} groups, {sizes['max_epochs']} epochs")
+            spec = {"backend": backend,
+                    "train": {"backend": backend, "train_data": train_path, "test_data": test_path, **train_sizes,
+                              "seed": seed, "accelerator": accelerator, "devices": devices, "quiet": quiet,
+                              **common, "run_name": f"train-{backend}"},
+                    "infer": {"data": test_path, **common, "run_name": f"infer-{backend}"}}
+            for step, done in pipeline_steps.run_backend(spec, env, quiet=quiet, on_start=infer_started).items():
+                runs[step] = done["run_id"]
+                usage[step] = {"seconds": done["seconds"], "peak_rss_mb": done["peak_rss_mb"]}
         echo("[6/6] compare")
-        runs["compare"], code = run_step(cli_args("compare", {
+        runs["compare"], code = pipeline_steps.run_cli_step(cli_args("compare", {
             "torch_run": runs["infer_torch"], "tf_run": runs["infer_tensorflow"], **common, "run_name": "compare"}),
-            env, quiet=quiet, ok_codes=(0, 1), usage=usage.setdefault("compare", {}))
+            quiet=quiet, parent_run_id=parent_id, ok_codes=(0, 1), usage=usage.setdefault("compare", {}))
+        runs = {step: runs[step] for step in STEPS[1:]}  # the tags and the result in one order
         compare = tracking.get_run(runs["compare"])
         verdict = tracking.run_tag(compare, names.PARITY_VERDICT) or "error"
         status = tracking.run_tag(compare, names.PARITY_STATUS) or "error"
@@ -201,7 +168,7 @@ def _check_data(out_dir, train_path, test_path, overwrite):
             load_npz(path)
 
 
-def _registered_model_uri(backend, train_run_id):
+def registered_model_uri(backend, train_run_id):
     """``models:/ptyparity-<backend>/<version>`` of the version ``train_run_id`` registered."""
     name = names.registered_model_name(backend)
     version = tracking.registered_version_of_run(name, train_run_id)
