@@ -166,9 +166,14 @@ def _log_scale_if_positive(ax, *series):
 
 
 def loss_figure(history):
-    """Per-epoch train/val loss and deviance (log scale when positive), and the learning rate."""
+    """Per-epoch train/val loss and deviance (log scale when positive), and the learning rate.
+
+    Fixed margins (room for 7-character tick labels) instead of ``tight_layout``: every
+    training logs this figure, and ``tight_layout`` draws it once more to measure it
+    (~0.1 s, a third of its cost)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.91, wspace=0.26)
     epochs = np.arange(1, len(history["train_loss"]) + 1)
     for key in ("train_loss", "val_loss"):
         axes[0].plot(epochs, history[key], marker="o", label=key)
@@ -182,7 +187,6 @@ def loss_figure(history):
         ax.set_title(title, fontsize=10)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -124,6 +124,37 @@ def test_forward_traces_once_for_every_batch_size(api):
     assert api._forward_fn(model, ("pred_amplitude",)).experimental_get_tracing_count() == 1
 
 
+def test_whole_graph_taps_reuse_the_traced_all_taps_forward(api):
+    """After an all-taps forward (a training's debug dump), taps that need the whole graph (its
+    held-out deviance) come from that function, in the order asked, without a second trace."""
+    ts = training_set(max_epochs=1)
+    model = _model(api, ts)
+    batch = ts.batch(ts.train_idx[:3])
+    every = api.forward(model, *batch)
+    keep = ("pred_intensity", "amp_patches")
+    some = api.forward(model, *batch, keep=keep)
+    assert tuple(some) == keep
+    for name in keep:
+        np.testing.assert_array_equal(some[name], every[name])
+    assert api._forward_fn(model, None).experimental_get_tracing_count() == 1
+    assert not hasattr(api._forward_fn(model, keep), "experimental_get_tracing_count")  # no tf.function of its own
+    assert hasattr(api._forward_fn(model, ("object_extracted",)), "experimental_get_tracing_count")  # pruned graph
+
+
+def test_spec_adam_builds_the_bias_corrections_once_per_step(api, tf):
+    """Every variable's update shares one step's ``beta**t`` (two float64 Pow ops in the traced
+    float32 train step, whatever the number of variables); the update itself is SpecAdam's, as
+    the parity tests with torch's Adam check."""
+    from ptyparity.backends.tensorflow.keras_model import PtychoPINNSystem
+
+    ts = training_set(max_epochs=1)
+    system = PtychoPINNSystem(_model(api, ts), loss_mode="poisson", learning_rate=1e-3)
+    graph = api._Runner(system, None).train.get_concrete_function().graph
+    assert len(system.net.trainable_variables) > 2
+    pows = [op for op in graph.get_operations() if op.type == "Pow" and op.outputs[0].dtype == tf.float64]
+    assert len(pows) == 2
+
+
 def test_deterministic_fit_puts_op_determinism_back(api):
     from tensorflow.python.framework import config as tf_config
 

@@ -51,6 +51,19 @@ def test_lightnings_info_lines_stay_hidden_and_the_level_comes_back(capfd, caplo
     assert logging.getLogger("lightning.pytorch").level == level  # the level put back after every fit
 
 
+def test_only_a_live_bar_gets_lightnings_logged_values(monkeypatch):
+    """``self.log`` feeds Lightning's progress bar only (``logger=False``); without a bar the
+    step loop skips it (it costs ~1 ms a step)."""
+    calls = []
+    monkeypatch.setattr(PtychoPINNModule, "log", lambda self, name, *a, **k: calls.append(name))
+    ts = training_set(max_epochs=1)
+    api.fit(_model(ts), ts, quiet=True)
+    assert calls == []
+    monkeypatch.setattr(progress, "is_terminal", lambda stream=None: True)
+    api.fit(_model(ts), ts, quiet=False)
+    assert calls.count("train_step_loss") == ts.steps_per_epoch and calls.count("val_deviance") == 1
+
+
 def test_deterministic_fit_puts_torchs_flags_back():
     ts = training_set(max_epochs=1)
     assert not torch.are_deterministic_algorithms_enabled()

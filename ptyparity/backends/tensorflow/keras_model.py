@@ -53,9 +53,22 @@ class SpecAdam(keras.optimizers.Adam):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                          amsgrad=False, **kwargs)
 
-    def update_step(self, gradient, variable, learning_rate):
-        dtype = variable.dtype
-        gradient = keras.ops.cast(gradient, dtype)
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # The bias corrections are the same for every variable of one step: built once per step
+        # (per dtype and device) instead of once per variable, the traced train step has a sixth
+        # fewer ops (2088 -> 1727 at f=1: ~0.15 s less tracing per fit) and computes the same values.
+        self._step_scalars = {}
+        try:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_scalars = None
+
+    def _bias_corrections(self, learning_rate, dtype, device):
+        """``(lr / (1 - beta_1**t), sqrt(1 - beta_2**t))`` in ``dtype``, bias corrections in float64."""
+        cache = getattr(self, "_step_scalars", None)
+        key = (str(dtype), device)
+        if cache is not None and key in cache:
+            return cache[key]
         t = keras.ops.cast(self.iterations + 1, "float64")
         # convert_to_tensor with a dtype: keras.ops.cast(0.999, "float64") would round the
         # Python float through float32 first (sqrt(1 - beta_2**t) then off by 6e-6 at t=1).
@@ -63,6 +76,14 @@ class SpecAdam(keras.optimizers.Adam):
         bias2 = 1.0 - keras.ops.power(keras.ops.convert_to_tensor(self.beta_2, "float64"), t)
         step_size = keras.ops.cast(keras.ops.cast(learning_rate, "float64") / bias1, dtype)
         bias2_sqrt = keras.ops.cast(keras.ops.sqrt(bias2), dtype)
+        if cache is not None:
+            cache[key] = (step_size, bias2_sqrt)
+        return step_size, bias2_sqrt
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = keras.ops.cast(gradient, dtype)
+        step_size, bias2_sqrt = self._bias_corrections(learning_rate, dtype, getattr(variable, "device", None))
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
         self.assign_add(m, (gradient - m) * (1 - self.beta_1))  # torch: m.lerp_(g, 1 - beta_1)

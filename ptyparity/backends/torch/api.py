@@ -298,7 +298,7 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         trainer = _trainer(cfg, live_bar=live_bar, accelerator=accelerator, devices=devices,
                            deterministic=deterministic, first_epoch=first_epoch)
         system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder,
-                                  resume=resume, checkpoint=checkpoint)
+                                  resume=resume, checkpoint=checkpoint, live_bar=live_bar)
         network.set_precision(model, precision)
         system.train()  # Lightning keeps the modes it finds; build() hands out eval mode
         try:
