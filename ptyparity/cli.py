@@ -365,8 +365,9 @@ def main():
     """Entry point of the ``ptyparity`` console script."""
     # Before anything imports TensorFlow (MLflow's model loaders can): keep its C++
     # INFO/WARNING lines (oneDNN banners, dtype notes) out of the user's terminal.
-    from ptyparity import console
+    from ptyparity import allocator, console
 
     console.framework_env()
     console.filter_native_stderr()
+    allocator.reuse_freed_memory()  # training steps reuse their freed blocks (see the module)
     app()

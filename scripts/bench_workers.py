@@ -3,7 +3,8 @@
 ``python scripts/bench_workers.py KIND JSON_ARGS`` prints one line ``BENCH {json}``.
 Kinds: ``step`` (bare training-step rate), ``train`` (end-to-end ``run_train`` with
 tracking on and off, and pyfunc vs direct inference), ``compare`` (run lookups among
-many runs), ``stitch`` (NumPy stitching), ``start`` (process start + imports).
+many runs), ``stitch`` (NumPy stitching). The pipeline's processes report their own start and
+imports (metrics ``start_import_seconds.*`` of the pipeline run).
 Every figure is the median of ``repeats`` samples taken in the same process.
 """
 
@@ -26,6 +27,24 @@ GRIDSIZE, BATCH = 2, 16
 
 def _median(values):
     return float(statistics.median(values))
+
+
+def _simulated(n):
+    """``simulate(SimConfig(N=n, seed=0))``'s (train, test): made once per bench run and kept as
+    NPZ files in ``$PTYPARITY_BENCH_CACHE`` (set by bench.py), where the next worker loads them
+    (the NPZ round trip is exact; simulating N=64 costs ~3 s a worker)."""
+    from ptyparity.data import load_npz, save_npz
+    from ptyparity.simulate import SimConfig, simulate
+
+    cache = os.environ.get("PTYPARITY_BENCH_CACHE")
+    paths = [os.path.join(cache, f"sim_n{n}_{part}.npz") for part in ("train", "test")] if cache else []
+    if paths and all(os.path.exists(p) for p in paths):
+        return tuple(load_npz(p) for p in paths)
+    data = simulate(SimConfig(N=n, seed=0))
+    for path, part in zip(paths, data):
+        save_npz(path + ".tmp.npz", part)
+        os.replace(path + ".tmp.npz", path)  # whole files only
+    return data
 
 
 def _train_config(size, n_groups, epochs, *, val_fraction=0.05):
@@ -85,12 +104,11 @@ def bare_step_rate(api, data, cfg, repeats, accelerator="cpu"):
 
 def step(args):
     from ptyparity.backends import load_backend
-    from ptyparity.simulate import SimConfig, simulate
 
     api = load_backend(args["backend"])
     out = {"threads": _threads(args["backend"])}
     for size in args["sizes"]:
-        data, _ = simulate(SimConfig(N=SIZES[size]["N"], seed=0))
+        data, _ = _simulated(SIZES[size]["N"])
         cfg = _train_config(size, args["n_groups"][size], 1)
         out[size], out[f"{size}_samples"] = bare_step_rate(api, data, cfg, args["repeats"],
                                                            args.get("accelerator", "cpu"))
@@ -137,13 +155,12 @@ def train(args):
     from ptyparity.backends import load_backend
     from ptyparity.data import save_npz
     from ptyparity.runs.train import run_train
-    from ptyparity.simulate import SimConfig, simulate
 
     backend, repeats, size = args["backend"], args["repeats"], args["size"]
     api = load_backend(backend)
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    train_data, test_data = simulate(SimConfig(N=SIZES[size]["N"], seed=0))
+    train_data, test_data = _simulated(SIZES[size]["N"])
     paths = {k: os.path.join(tmp, f"{k}.npz") for k in ("train", "test")}
     save_npz(paths["train"], train_data)
     save_npz(paths["test"], test_data)
@@ -333,5 +350,8 @@ def stitch(args):
 KINDS = {"step": step, "train": train, "compare": compare, "stitch": stitch}
 
 if __name__ == "__main__":
+    from ptyparity import allocator
+
+    allocator.reuse_freed_memory()  # as the `ptyparity` CLI runs its commands
     result = KINDS[sys.argv[1]](json.loads(sys.argv[2]))
     print("BENCH " + json.dumps(result, default=float), flush=True)

@@ -96,6 +96,12 @@ def test_the_pipeline_runs_in_three_processes_one_per_backend(tracking_uri, tmp_
         # a step's wall time holds its run (in a backend child the train step also holds the start)
         assert metrics[f"step_seconds.{step}"] >= (run.info.end_time - run.info.start_time) / 1000 - 0.05, step
     assert sum(metrics[f"step_seconds.{s}"] for s in STEPS) <= (parent.info.end_time - parent.info.start_time) / 1000
+    # Each process's start and imports: a child's come before its train run opens.
+    assert 0 < metrics["start_import_seconds.pipeline"] < metrics["start_import_seconds.tensorflow"]
+    for backend in ("torch", "tensorflow"):
+        started = children[f"train-{backend}"].info.start_time / 1000
+        assert 0 < metrics[f"start_import_seconds.{backend}"] < metrics[f"step_seconds.train_{backend}"], backend
+        assert started > parent.info.start_time / 1000 + metrics[f"start_import_seconds.{backend}"] - 0.05, backend
     for backend in ("torch", "tensorflow"):  # one process: its peak so far can only grow
         assert metrics[f"step_peak_rss_mb.infer_{backend}"] >= metrics[f"step_peak_rss_mb.train_{backend}"]
 
@@ -142,7 +148,8 @@ def test_a_backend_process_failing_after_its_training_reports_both(tracking_uri,
 def test_a_backend_process_that_dies_outside_a_step_names_the_unfinished_step():
     # A crash (signal, import error) after the training finished: the infer step is the one named.
     spec = {"backend": "tensorflow"}
-    events = [{"started": "train_tensorflow", "args": ["train", "--backend", "tensorflow", "--x"]},
+    events = [{"imported": "tensorflow", "at": 104.0},
+              {"started": "train_tensorflow", "args": ["train", "--backend", "tensorflow", "--x"]},
               {"finished": "train_tensorflow", "run_id": "abc", "exit_code": 0, "seconds": 5.0, "ended_at": 110.0,
                "peak_rss_mb": 900.0}]
     with pytest.raises(PtyparityError, match=r"^pipeline step 'infer' failed with exit code -9: Killed$"):
@@ -151,8 +158,9 @@ def test_a_backend_process_that_dies_outside_a_step_names_the_unfinished_step():
         {"started": "infer_tensorflow", "args": ["infer", "--model", "models:/m/1"]},
         {"finished": "infer_tensorflow", "run_id": "def", "exit_code": 0, "seconds": 3.0, "ended_at": 113.0,
          "peak_rss_mb": 950.0}], 0, "", launched=100.0)
-    # the first step's time counts from the launch (the process start is its cost), the next its own
-    assert done == {"train_tensorflow": {"run_id": "abc", "seconds": 10.0, "peak_rss_mb": 900.0},
+    # the first step's time counts from the launch (the process start is its cost), the next its own;
+    # the start and imports alone end at the "imported" event
+    assert done == {"start_import_seconds": 4.0, "train_tensorflow": {"run_id": "abc", "seconds": 10.0, "peak_rss_mb": 900.0},
                     "infer_tensorflow": {"run_id": "def", "seconds": 3.0, "peak_rss_mb": 950.0}}
 
 

@@ -98,7 +98,8 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
     out_dir = os.fspath(out_dir)
     train_path, test_path = os.path.join(out_dir, "train.npz"), os.path.join(out_dir, "test.npz")
     _check_data(out_dir, train_path, test_path, overwrite)
-    uri = tracking.tracking_uri()
+    uri = tracking.tracking_uri()  # imports MLflow
+    start_import = {"pipeline": pipeline_steps.process_age_seconds()}  # this process's start and imports
     tracking.init_store(experiment=experiment)  # create the store once, before any child opens it
     with tracking.start_run("pipeline", experiment=experiment, run_name=f"pipeline-{preset}") as parent:
         experiment = tracking.experiment_name(parent)  # `mlflow run` may have chosen it
@@ -133,7 +134,9 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
                               "seed": seed, "accelerator": accelerator, "devices": devices, "quiet": quiet,
                               **common, "run_name": f"train-{backend}"},
                     "infer": {"data": test_path, **common, "run_name": f"infer-{backend}"}}
-            for step, done in pipeline_steps.run_backend(spec, env, quiet=quiet, on_start=infer_started).items():
+            done_steps = pipeline_steps.run_backend(spec, env, quiet=quiet, on_start=infer_started)
+            start_import[backend] = done_steps.pop("start_import_seconds")
+            for step, done in done_steps.items():
                 runs[step] = done["run_id"]
                 usage[step] = {"seconds": done["seconds"], "peak_rss_mb": done["peak_rss_mb"]}
         echo("[6/6] compare")
@@ -147,9 +150,10 @@ def run_pipeline(*, preset="small", out_dir="data", seed=0, overwrite=False, exp
         tags = {names.PARITY_STATUS: status, names.PARITY_VERDICT: verdict,
                 **{f"{names.PIPELINE_TAG_PREFIX}{k}": v for k, v in runs.items()}}
         tracking.set_tags(tags)
-        # Where the pipeline's time and memory go, per step (scripts/bench.py reads these).
+        # Where the pipeline's time and memory go, per step and per process (scripts/bench.py reads these).
         tracking.log_metrics({f"{key}.{step}": value for step, used in usage.items() for key, value in
                               (("step_seconds", used["seconds"]), ("step_peak_rss_mb", used["peak_rss_mb"]))})
+        tracking.log_metrics({f"start_import_seconds.{process}": seconds for process, seconds in start_import.items()})
         tracking_notes.describe_run(descriptions.pipeline_description({**params, **tags}))
         return PipelineResult(run_id=parent.info.run_id, verdict=verdict, parity_status=status, runs=runs,
                               compare_exit_code=code)

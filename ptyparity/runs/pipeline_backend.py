@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from ptyparity import console
+from ptyparity import allocator, console
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.pipeline import cli_args, registered_model_uri
 from ptyparity.runs.pipeline_steps import cli_step, peak_rss_mb, report_event
@@ -28,10 +28,13 @@ def main(argv=None):
     backend, report = spec["backend"], spec["report"]
     console.framework_env()  # as the `ptyparity` entry point does
     console.filter_native_stderr()
+    allocator.reuse_freed_memory()
     # A torch DDP rank that Lightning started from this command line (LOCAL_RANK > 0) joins the
     # training only: rank 0 owns the report and the inference.
     if int(os.environ.get("LOCAL_RANK") or 0) > 0:
         return cli_step(cli_args("train", spec["train"]), quiet=False)[0]
+    _import_framework(backend)
+    report_event(report, imported=backend, at=time.time())
     train_run = None
     for step in ("train", "infer"):
         name, start = f"{step}_{backend}", time.perf_counter()
@@ -53,6 +56,16 @@ def main(argv=None):
             return code
         train_run = run_id
     return 0
+
+
+def _import_framework(backend):
+    """What every step of this process needs first: MLflow and the backend's framework (so the
+    parent can tell the process's start and imports apart from the training)."""
+    from ptyparity import tracking
+    from ptyparity.backends import load_backend
+
+    tracking._mlflow()
+    load_backend(backend)
 
 
 def _exit_without_teardown(code):

@@ -35,6 +35,19 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_age_seconds():
+    """Seconds since this process was created (Linux ``/proc``: its start in clock ticks
+    after boot, against the uptime), or None where ``/proc`` is not there. 10 ms resolution."""
+    try:
+        with open("/proc/self/stat") as fh:
+            started = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, counted after the name
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+
+
 def step_name(args):
     """How an error names a step: the command and its first option (``train --backend torch``)."""
     return " ".join(args[:3])
@@ -181,8 +194,10 @@ def run_backend(spec, env, *, quiet, on_start=None):
     -------
     results : dict
         ``{step: {"run_id", "seconds", "peak_rss_mb"}}`` of ``train_<backend>`` and
-        ``infer_<backend>``. The train step's seconds include the child's start and imports;
-        a failed step raises :class:`PtyparityError` naming it.
+        ``infer_<backend>``, and under ``"start_import_seconds"`` the child's time from its
+        launch to its framework and MLflow imported (None if it never said). The train step's
+        seconds include the child's start and imports; a failed step raises
+        :class:`PtyparityError` naming it.
     """
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "report.jsonl")
@@ -217,9 +232,11 @@ def _results(spec, events, status, tail, launched):
     backend = spec["backend"]
     args = {f"{step}_{backend}": ["train", "--backend", backend] if step == "train" else [step]
             for step in ("train", "infer")}
-    results = {}
+    results = {"start_import_seconds": None}
     for event in events:
-        if "started" in event:
+        if "imported" in event:
+            results["start_import_seconds"] = event["at"] - launched
+        elif "started" in event:
             args[event["started"]] = event["args"]
         elif "finished" in event:
             step = event["finished"]
@@ -227,11 +244,11 @@ def _results(spec, events, status, tail, launched):
                 raise step_failed(args[step], event["exit_code"], tail)
             if not event.get("run_id"):
                 raise PtyparityError(f"pipeline step '{step_name(args[step])}' reported no run id")
-            first = not results
+            first = len(results) == 1
             # The first step's time counts from the launch: the child's start and imports are its cost.
             seconds = event["ended_at"] - launched if first else event["seconds"]
             results[step] = {"run_id": event["run_id"], "seconds": seconds, "peak_rss_mb": event["peak_rss_mb"]}
-    if status != 0 or len(results) < len(args):  # died outside a step (import error, signal)
+    if status != 0 or len(results) < len(args) + 1:  # died outside a step (import error, signal)
         unfinished = next(step for step in args if step not in results)
         raise step_failed(args[unfinished], status, tail)
     return results

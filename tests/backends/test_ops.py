@@ -363,3 +363,33 @@ def test_an_unknown_precision_is_one_error(backend_ops, rng, name):
     args, *rest = _double_inputs(rng)[name] if name != "to_backend" else ((np.zeros(3),),)
     with pytest.raises(PtyparityError, match="precision must be one of float32, float64; got 'half'"):
         getattr(backend_ops, name)(*args, precision="half", **(rest[0] if rest else {}))
+
+
+# --- torch's window tents (merge and extract share one pair per forward) -----------------
+
+
+def test_torch_window_tents_are_the_padded_and_cropped_tents(rng):
+    """The window tents of ``+rel`` are columns of ``T(rel)`` and, transposed, rows of
+    ``T(-rel)``, bit for bit; the merge and extraction built on them match the reference."""
+    from ptyparity.backends.torch import ops
+
+    size, start = N + 2 * MAX_OFFSET, MAX_OFFSET
+    rel = ops.to_backend(_group_rel(rng, 3))
+    t_x, t_y = ops._window_tents(rel, N, size)
+    full = ops.tent_matrix(size, rel.movedim(-1, 0))  # (2, B, C, Pd, Pd): x then y
+    flipped = ops.tent_matrix(size, -rel.movedim(-1, 0))
+    for i, t in enumerate((t_x, t_y)):
+        assert np.array_equal(ops.to_numpy(t), ops.to_numpy(full[i][..., start : start + N]))
+        assert np.array_equal(ops.to_numpy(t.mT), ops.to_numpy(flipped[i][..., start : start + N, :]))
+    canvas = rng.normal(size=(3, size, size)).astype(np.float32)  # a real canvas too
+    ref = physics.extract_patches(canvas, ops.to_numpy(rel), N)
+    assert_close_rel(ops.to_numpy(ops._extract(ops.to_backend(canvas), (t_x, t_y))), ref, OP_RTOL, "_extract")
+
+
+def test_torch_translate_non_square(rng):
+    from ptyparity.backends.torch import ops
+
+    img = _complex(rng, (2, 20, 28))
+    shift = rng.uniform(-4, 4, (2, 2)).astype(np.float32)
+    ref = physics.translate(img, shift)
+    assert_close_rel(_run(ops, "translate", img, shift), ref, OP_RTOL, "translate non-square")

@@ -49,10 +49,9 @@ def complex_dtype(precision):
 def to_backend(array, *, device=None, precision="float32"):
     """NumPy (or array-like) to a torch tensor on ``device`` (CPU when None). Copies.
 
-    ``precision="float32"`` (default): float64 -> float32, complex128 -> complex64.
-    ``precision="float64"`` (parity verification): float32 -> float64,
-    complex64 -> complex128, double precision kept. Other dtypes (ints, bools) are
-    kept in both."""
+    ``precision="float32"`` (default): float64 -> float32, complex128 -> complex64;
+    ``"float64"`` (parity verification): float32 -> float64, complex64 -> complex128.
+    Other dtypes (ints, bools) are kept."""
     arr = np.asarray(array)
     table = _SINGLE if check_precision(precision) == "float32" else _DOUBLE
     arr = np.array(arr, dtype=table.get(arr.dtype, arr.dtype), order="C")  # a C-ordered copy, 0-d kept
@@ -73,8 +72,7 @@ def _tensor(x):
 
 
 def _cast(x, dtype, device):
-    """``x`` as a tensor of ``dtype``, moved to ``device`` if given; a tensor already
-    there and of that dtype is returned as is (gradient kept)."""
+    """``x`` as a ``dtype`` tensor on ``device`` (if given); one already so is returned as is."""
     t = _tensor(x)
     return t.to(device=t.device if device is None else device, dtype=dtype)
 
@@ -95,44 +93,45 @@ def _like(x, precision, device=None):  # complex stays complex, anything else be
 # --- translation, padding ------------------------------------------------------------
 
 
-def tent_matrix(n, shift, *, precision="float32"):
-    """Bilinear-interpolation matrix for a shift along one axis.
-
-    Parameters
-    ----------
-    n : int
-        Length of the axis.
-    shift : float or Tensor, shape (...)
-        Shift in pixels; content moves by ``+shift``.
-
-    Returns
-    -------
-    tent : Tensor, shape (..., n, n)
-        ``T[i, j] = max(0, 1 - |i - shift - j|)``.
-    """
-    shift = _real(shift, check_precision(precision))
-    idx = torch.arange(n, device=shift.device)
+def _tent(diff, shift):
+    """``max(0, 1 - |diff - shift|)`` for exact-integer ``diff`` (rows, cols), ``shift`` (...)."""
     # (i - j) is an exact integer; subtracting the shift second keeps the entries
     # near the diagonal exact in float32 (Sterbenz), so integer shifts are permutations.
-    diff = (idx[:, None] - idx[None, :]).to(shift.dtype)  # (n, n)
-    return torch.clamp(1.0 - torch.abs(diff - shift[..., None, None]), min=0.0)  # (..., n, n)
+    return torch.clamp(1.0 - torch.abs(diff - shift[..., None, None]), min=0.0)
+
+
+def tent_matrix(n, shift, *, precision="float32"):
+    """Bilinear-interpolation matrix (..., n, n) for a ``shift`` (...) in pixels along an
+    axis of length ``n`` (content moves by ``+shift``): ``T[i, j] = max(0, 1 - |i - shift - j|)``."""
+    shift = _real(shift, check_precision(precision))
+    idx = torch.arange(n, device=shift.device)
+    return _tent((idx[:, None] - idx[None, :]).to(shift.dtype), shift)  # (..., n, n)
+
+
+def _window_tents(shift, n, size):
+    """Columns ``start:start + n``, ``start = (size - n) // 2``, of both axes' tents of
+    ``shift`` (..., 2) ``[x, y]``: ``(t_x, t_y)``, each (..., size, n). ``t_y x t_x^T``
+    translates an (n, n) ``x`` zero-padded to (size, size) without the padding; as
+    ``T(-s) = T(s)^T`` exactly (exact integer difference, symmetric rounding),
+    ``t_y^T canvas t_x`` is the centred n-crop of ``translate(canvas, -shift)``."""
+    idx = torch.arange(max(size, n), device=shift.device)
+    diff = (idx[:size, None] - idx[None, :n] - (size - n) // 2).to(shift.dtype)  # (size, n)
+    return _tent(diff, shift.movedim(-1, 0)).unbind(0)  # axis first: each tent contiguous
+
+
+def _planes(z):  # complex (..., H, W) -> real (..., H, 2, W): the tents act on both as views
+    return torch.stack((z.real, z.imag), dim=-2)
+
+
+def _complex_of(planes):  # real (..., H, 2, W) -> complex (..., H, W)
+    return torch.complex(*planes.unbind(-2))
 
 
 def translate(img, shift, *, precision="float32"):
-    """Shift images by sub-pixel amounts with bilinear interpolation, zero outside.
-
-    Parameters
-    ----------
-    img : Tensor, shape (..., H, W)
-        Real or complex images.
-    shift : Tensor or array_like, shape (..., 2)
-        ``[t_x, t_y]`` in pixels, broadcast against the leading axes of ``img``.
-
-    Returns
-    -------
-    out : Tensor, shape (..., H, W)
-        ``out[y, x] = img(y - t_y, x - t_x)``, computed as ``T_y @ img @ T_x^T``.
-    """
+    """Shift real or complex images ``img`` (..., H, W) by sub-pixel amounts with bilinear
+    interpolation, zero outside: ``shift`` (..., 2) ``[t_x, t_y]`` pixels, broadcast
+    against the leading axes of ``img``, gives ``out[y, x] = img(y - t_y, x - t_x)``,
+    shape (..., H, W), computed as ``T_y @ img @ T_x^T``."""
     img = _like(img, check_precision(precision))
     if img.ndim < 2:
         raise PtyparityError(f"img must have at least 2 dimensions (..., H, W), got shape {tuple(img.shape)}")
@@ -140,17 +139,13 @@ def translate(img, shift, *, precision="float32"):
     if shift.shape[-1:] != (2,):
         raise PtyparityError(f"shift must have shape (..., 2) as [x, y], got {tuple(shift.shape)}")
     h, w = img.shape[-2:]
-    t_y = tent_matrix(h, shift[..., 1], precision=precision)  # (..., H, H)
-    t_x = tent_matrix(w, shift[..., 0], precision=precision)  # (..., W, W)
+    t_x, t_y = (_window_tents(shift, h, h) if h == w else  # square: both tents at once
+                [tent_matrix(m, shift[..., i], precision=precision) for i, m in enumerate((w, h))])
     if not img.is_complex():
-        return t_y @ img @ t_x.transpose(-1, -2)
-    # Complex: one real matmul per side instead of two, with re/im side by side.
-    ri = torch.view_as_real(img)  # (..., H, W, 2)
-    left = t_y @ ri.reshape(*ri.shape[:-2], w * 2)  # rows mixed: (..., H, 2W)
-    planes = left.reshape(*left.shape[:-1], w, 2).movedim(-1, -3)  # (..., 2, H, W)
-    right = planes.reshape(*planes.shape[:-3], 2 * h, w) @ t_x.transpose(-1, -2)  # (..., 2H, W)
-    out = right.reshape(*right.shape[:-2], 2, h, w).movedim(-3, -1).contiguous()  # (..., H, W, 2)
-    return torch.view_as_complex(out)
+        return t_y @ img @ t_x.mT
+    rows = t_y @ _planes(img).reshape(*img.shape[:-2], h, 2 * w)  # (..., H, 2W): rows mixed
+    out = rows.reshape(*rows.shape[:-2], 2 * h, w) @ t_x.mT  # (..., 2H, W): columns mixed
+    return _complex_of(out.reshape(*out.shape[:-2], h, 2, w))
 
 
 def pad_center(img, size, *, precision="float32"):
@@ -192,6 +187,13 @@ def merge_weights(probe, *, probe_big=False, merge_weighting="support", precisio
     return m * p2 / p2.max()
 
 
+def _group_rel(rel, b, c, precision, device):  # rel (B, C, 2), checked
+    rel = _real(rel, precision, device)
+    if tuple(rel.shape) != (b, c, 2):
+        raise PtyparityError(f"rel must have shape (B, {c}, 2), got {tuple(rel.shape)}")
+    return rel
+
+
 def merge_patches(patches, rel, weights, max_offset, *, count_weights=None, precision="float32"):
     """Merge each group's C patches onto a padded canvas (``object_big``).
 
@@ -203,16 +205,20 @@ def merge_patches(patches, rel, weights, max_offset, *, count_weights=None, prec
     """
     patches = _complex(patches, check_precision(precision))
     b, n, _, c = patches.shape
-    rel = _real(rel, precision, patches.device)
-    if tuple(rel.shape) != (b, c, 2):
-        raise PtyparityError(f"rel must have shape (B, {c}, 2), got {tuple(rel.shape)}")
-    size = n + 2 * int(max_offset)
+    rel = _group_rel(rel, b, c, precision, patches.device)
     w = _real(weights, precision, patches.device)  # (N, N)
     w_cnt = w if count_weights is None else _real(count_weights, precision, patches.device)
-    planes = patches.permute(0, 3, 1, 2)  # (B, C, N, N)
-    num = translate(pad_center(planes * w, size, precision=precision), rel, precision=precision).sum(dim=1)
-    # (Pd, Pd) shifted by (B, C) -> (B, C, Pd, Pd), summed to (B, Pd, Pd)
-    cnt = translate(pad_center(w_cnt, size, precision=precision), rel, precision=precision).sum(dim=1)
+    return _merge(patches, rel, _window_tents(rel, n, n + 2 * int(max_offset)), w, w_cnt, precision)
+
+
+def _merge(patches, rel, tents, w, w_cnt, precision):
+    """:func:`merge_patches` given the :func:`_window_tents` ``(t_x, t_y)`` of ``rel``."""
+    t_x, t_y = tents  # (B, C, Pd, N)
+    # The numerator goes through translate, the op SPEC names (and tests/test_matrix.py's
+    # negative control perturbs); the count skips the padding.
+    padded = pad_center(patches.permute(0, 3, 1, 2) * w, t_x.shape[-2], precision=precision)  # (B, C, Pd, Pd)
+    num = translate(padded, rel, precision=precision).sum(dim=1)
+    cnt = (t_y @ w_cnt @ t_x.mT).sum(dim=1)  # (B, C, Pd, Pd) summed to (B, Pd, Pd)
     return num / (cnt + MERGE_EPS)
 
 
@@ -221,8 +227,21 @@ def extract_patches(canvas, rel, n, *, precision="float32"):
     ``crop_N(translate(canvas, -rel_c))``, shape (B, N, N, C)."""
     canvas = _like(canvas, check_precision(precision))
     rel = _real(rel, precision, canvas.device)
-    shifted = translate(canvas[:, None], -rel, precision=precision)  # (B, 1, Pd, Pd) by (B, C, 2): (B, C, Pd, Pd)
-    return crop_center(shifted, n, precision=precision).permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
+    return _extract(canvas, _window_tents(rel, n, canvas.shape[-1]))
+
+
+def _extract(canvas, tents):
+    """:func:`extract_patches` given the :func:`_window_tents` ``(t_x, t_y)`` of ``+rel``:
+    the crop of ``T_y(-rel) canvas T_x(-rel)^T`` is ``t_y^T canvas t_x``."""
+    t_x, t_y = tents  # (B, C, Pd, N)
+    b, c, size, n = t_x.shape
+    planes = _planes(canvas) if canvas.is_complex() else canvas[:, :, None]  # (B, Pd, k, Pd)
+    k = planes.shape[-2]
+    # A group's C row windows in one matmul against its canvas: (B, C N, Pd) @ (B, Pd, k Pd).
+    rows = t_y.mT.reshape(b, c * n, size) @ planes.reshape(b, size, k * size)
+    out = (rows.reshape(b, c, n * k, size) @ t_x).reshape(b, c, n, k, n)  # columns: (B, C, N, k, N)
+    out = _complex_of(out) if canvas.is_complex() else out[:, :, :, 0]
+    return out.permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
 
 
 def _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision):
@@ -247,18 +266,9 @@ def illuminate(obj, probe, *, precision="float32"):
 
 
 def predicted_intensity(psi, *, precision="float32"):
-    """Far-field intensity ``fftshift(|FFT2(psi)|**2) / N**2`` over axes (-3, -2).
-
-    Parameters
-    ----------
-    psi : Tensor, shape (..., N, N, C), complex
-        Exit waves, channel-last.
-
-    Returns
-    -------
-    intensity : Tensor, shape (..., N, N, C), real
-        From ``re**2 + im**2`` (no ``abs``: its gradient is undefined at 0).
-    """
+    """Far-field intensity ``fftshift(|FFT2(psi)|**2) / N**2`` over axes (-3, -2) of the
+    channel-last exit waves ``psi`` (..., N, N, C), complex; real, same shape. From
+    ``re**2 + im**2`` (no ``abs``: its gradient is undefined at 0)."""
     psi = _complex(psi, check_precision(precision))
     n = psi.shape[-2]
     f = torch.fft.fft2(psi, dim=(-3, -2))
@@ -318,9 +328,8 @@ def poisson_saturated(target_amplitude, *, precision="float32"):
 def poisson_deviance(intensity, target_amplitude, log_scale, *, precision="float32"):
     """Poisson loss minus its value at ``lam = y`` (zero for a perfect model), shape ().
 
-    Subtracted element by element before the mean, which equals the reference's
-    difference of means but avoids cancelling two large float32 means.
-    """
+    Subtracted element by element before the mean: the reference's difference of means
+    without cancelling two large float32 means."""
     lam, y = _lam_and_y(intensity, target_amplitude, log_scale, precision)
     return torch.mean(_poisson_nll(lam, y) - _poisson_nll(y, y))
 
@@ -349,9 +358,8 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     rel : Tensor or ndarray, shape (B, C, 2), optional
         Channel offsets from the group centre; required when ``object_big``.
     object_big : bool
-        Merge the C patches onto one canvas and extract them again.
+        Merge the C patches onto one canvas (margin ``max_offset``) and extract them again.
     max_offset : int
-        Canvas margin for ``object_big``.
     merge_weighting : {"support", "probe"}
     probe_big : bool
     log_scale : float or 0-d Tensor
@@ -378,16 +386,15 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
     taps = {"object_patches": obj}
     if object_big:
         w, w_cnt = _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision)
-        canvas = merge_patches(obj, rel, w, max_offset, count_weights=w_cnt, precision=precision)  # (B, Pd, Pd)
-        taps["object_canvas"] = canvas
-        extracted = extract_patches(canvas, rel, obj.shape[1], precision=precision)  # (B, N, N, C)
+        rel = _group_rel(rel, amp.shape[0], amp.shape[3], precision, amp.device)
+        tents = _window_tents(rel, amp.shape[1], amp.shape[1] + 2 * int(max_offset))  # merge's and extract's
+        taps["object_canvas"] = canvas = _merge(obj, rel, tents, w, w_cnt, precision)  # as merge_patches
+        extracted = _extract(canvas, tents)  # (B, N, N, C), as extract_patches
     else:
         extracted = obj
     taps["object_extracted"] = extracted
-    psi = illuminate(extracted, probe, precision=precision)
-    taps["exit_wave"] = psi
-    inten = predicted_intensity(psi, precision=precision)
-    taps["pred_intensity"] = inten
+    taps["exit_wave"] = psi = illuminate(extracted, probe, precision=precision)
+    taps["pred_intensity"] = inten = predicted_intensity(psi, precision=precision)
     taps["pred_amplitude"] = predicted_amplitude(inten, precision=precision)
     taps["pred_amplitude_counts"] = torch.exp(_real(log_scale, precision, inten.device)) * taps["pred_amplitude"]
     return taps
