@@ -232,10 +232,10 @@ def _results(spec, events, status, tail, launched):
     backend = spec["backend"]
     args = {f"{step}_{backend}": ["train", "--backend", backend] if step == "train" else [step]
             for step in ("train", "infer")}
-    results = {"start_import_seconds": None}
+    results, imported_at = {}, None
     for event in events:
         if "imported" in event:
-            results["start_import_seconds"] = event["at"] - launched
+            imported_at = event["at"]
         elif "started" in event:
             args[event["started"]] = event["args"]
         elif "finished" in event:
@@ -244,11 +244,12 @@ def _results(spec, events, status, tail, launched):
                 raise step_failed(args[step], event["exit_code"], tail)
             if not event.get("run_id"):
                 raise PtyparityError(f"pipeline step '{step_name(args[step])}' reported no run id")
-            first = len(results) == 1
+            first = not results
             # The first step's time counts from the launch: the child's start and imports are its cost.
             seconds = event["ended_at"] - launched if first else event["seconds"]
             results[step] = {"run_id": event["run_id"], "seconds": seconds, "peak_rss_mb": event["peak_rss_mb"]}
-    if status != 0 or len(results) < len(args) + 1:  # died outside a step (import error, signal)
+    if status != 0 or len(results) < len(args):  # died outside a step (import error, signal)
         unfinished = next(step for step in args if step not in results)
         raise step_failed(args[unfinished], status, tail)
+    results["start_import_seconds"] = None if imported_at is None else imported_at - launched
     return results
