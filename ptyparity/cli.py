@@ -188,6 +188,9 @@ def train(
                 accelerator=accelerator, devices=devices, log_patch_stats=log_patch_stats, debug_dump=debug_dump,
                 register=register)
         else:
+            from ptyparity import warmup
+
+            warmup.import_backend(backend)
             result = runs.run_train(backend, train_data, cfg, test_path=test_data, experiment=experiment,
                                     run_name=run_name, quiet=quiet, accelerator=accelerator, devices=devices,
                                     log_patch_stats=log_patch_stats, debug_dump=debug_dump, init_from=init_from,
@@ -365,9 +368,10 @@ def main():
     """Entry point of the ``ptyparity`` console script."""
     # Before anything imports TensorFlow (MLflow's model loaders can): keep its C++
     # INFO/WARNING lines (oneDNN banners, dtype notes) out of the user's terminal.
-    from ptyparity import allocator, console
+    from ptyparity import allocator, console, warmup
 
     console.framework_env()
     console.filter_native_stderr()
     allocator.reuse_freed_memory()  # training steps reuse their freed blocks (see the module)
+    warmup.enable()  # a training's imports kept out of the collector's full passes (see the module)
     app()

@@ -158,11 +158,18 @@ def patch_grid_figure(patches, *, normalise=True, title="", max_panels=16):
 def _log_scale_if_positive(ax, *series):
     """A log y axis when every finite value is positive; linear otherwise (a log axis
     cannot show zero or negative values: an all-zero deviance, one at -1e-21 from data
-    that are not counts)."""
+    that are not counts).
+
+    Its tick labels are plain text ("6e-01"): the default ones are mathtext, whose parsing
+    was ~45 % of drawing the loss figure (~0.1 s of every training)."""
+    from matplotlib import ticker
+
     values = np.concatenate([np.asarray(s, np.float64).ravel() for s in series])
     values = values[np.isfinite(values)]
     if values.size and np.all(values > 0):
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.LogFormatter())
+        ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
 
 
 def loss_figure(history):

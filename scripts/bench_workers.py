@@ -151,13 +151,12 @@ def train(args):
     pyfunc ``predict`` against the direct backend call, in one process."""
     import numpy as np
 
-    from ptyparity import tracking_off
-    from ptyparity.backends import load_backend
+    from ptyparity import tracking_off, warmup
     from ptyparity.data import save_npz
     from ptyparity.runs.train import run_train
 
     backend, repeats, size = args["backend"], args["repeats"], args["size"]
-    api = load_backend(backend)
+    api = warmup.import_backend(backend)  # as `ptyparity train` starts
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     train_data, test_data = _simulated(SIZES[size]["N"])
@@ -350,8 +349,9 @@ def stitch(args):
 KINDS = {"step": step, "train": train, "compare": compare, "stitch": stitch}
 
 if __name__ == "__main__":
-    from ptyparity import allocator
+    from ptyparity import allocator, warmup
 
     allocator.reuse_freed_memory()  # as the `ptyparity` CLI runs its commands
+    warmup.enable()
     result = KINDS[sys.argv[1]](json.loads(sys.argv[2]))
     print("BENCH " + json.dumps(result, default=float), flush=True)

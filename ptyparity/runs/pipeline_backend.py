@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from ptyparity import allocator, console
+from ptyparity import allocator, console, warmup
 from ptyparity.errors import PtyparityError
 from ptyparity.runs.pipeline import cli_args, registered_model_uri
 from ptyparity.runs.pipeline_steps import cli_step, peak_rss_mb, report_event
@@ -29,6 +29,7 @@ def main(argv=None):
     console.framework_env()  # as the `ptyparity` entry point does
     console.filter_native_stderr()
     allocator.reuse_freed_memory()
+    warmup.enable()
     # A torch DDP rank that Lightning started from this command line (LOCAL_RANK > 0) joins the
     # training only: rank 0 owns the report and the inference.
     if int(os.environ.get("LOCAL_RANK") or 0) > 0:
@@ -59,13 +60,13 @@ def main(argv=None):
 
 
 def _import_framework(backend):
-    """What every step of this process needs first: MLflow and the backend's framework (so the
-    parent can tell the process's start and imports apart from the training)."""
+    """What every step of this process needs first: MLflow, the backend's framework and its
+    training modules (so the parent can tell the process's start and imports apart from the
+    training), then kept out of the collector's full passes (:mod:`ptyparity.warmup`)."""
     from ptyparity import tracking
-    from ptyparity.backends import load_backend
 
     tracking._mlflow()
-    load_backend(backend)
+    warmup.import_backend(backend)
 
 
 def _exit_without_teardown(code):

@@ -81,3 +81,14 @@ class Recorder(TrainHooks):
 
     def on_epoch_end(self, epoch, metrics):
         self.epochs.append((epoch, dict(metrics)))
+
+
+def adam_algorithm_1(theta, grads, lr, beta1=0.9, beta2=0.999, eps=1e-7):
+    """Kingma & Ba's Algorithm 1 (torch.optim.Adam's formula, SPEC §5's Adam), float64:
+    eps added to sqrt(v_hat)."""
+    m = v = np.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        theta = theta - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+    return theta

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ptyparity.errors import PtyparityError
-from tests.backends.helpers import initial_weights, training_set
+from tests.backends.helpers import adam_algorithm_1, initial_weights, training_set
 from tests.conftest import F64_RTOL, assert_within_floor, noise_floor
 
 MIRRORED_KEYS = ("train_step_loss", "train_step_deviance", "val_deviance")
@@ -45,7 +45,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
     import numpy as np
     from ptyparity.backends.tensorflow import api, network
-    from tests.backends.helpers import initial_weights, training_set
+    from tests.backends.helpers import adam_algorithm_1, initial_weights, training_set
     from tests.backends.test_tf_fit import MIRRORED_KEYS
     from tests.conftest import one_ulp, rel_diff
 
@@ -182,16 +182,6 @@ def test_the_keras_system_rejects_an_unknown_loss_mode(api):
 # --- SpecAdam ----------------------------------------------------------------------------------
 
 
-def _algorithm_1(theta, grads, lr, beta1=0.9, beta2=0.999, eps=1e-7):
-    """Kingma & Ba's Algorithm 1 (torch.optim.Adam), float64: eps added to sqrt(v_hat)."""
-    m = v = np.zeros_like(theta)
-    for t, g in enumerate(grads, start=1):
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        theta = theta - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
-    return theta
-
-
 def test_spec_adam_is_algorithm_1_and_keras_adam_is_not(tf):
     """Exact claim, so in float64. Gradients near ``eps`` show the difference: Keras'
     stock Adam adds eps to the uncorrected sqrt(v), an effective 31.6 eps at step 1."""
@@ -201,7 +191,7 @@ def test_spec_adam_is_algorithm_1_and_keras_adam_is_not(tf):
     rng = np.random.default_rng(0)
     theta0 = rng.normal(size=64)
     grads = [rng.normal(size=64) * 10.0 ** rng.uniform(-9, -5, size=64) for _ in range(5)]
-    expected = _algorithm_1(theta0, grads, lr=1e-3)
+    expected = adam_algorithm_1(theta0, grads, lr=1e-3)
     results = {}
     for name, optimizer in (("spec", make_optimizer(1e-3, "float64")),
                             ("keras", keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7))):

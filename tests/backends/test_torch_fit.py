@@ -17,7 +17,8 @@ from ptyparity.backends.torch import api, network
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
 from ptyparity.errors import PtyparityError
 from ptyparity.training import TrainHooks
-from tests.backends.helpers import initial_weights, training_set
+from tests.backends.helpers import adam_algorithm_1, initial_weights, training_set
+from tests.conftest import F64_RTOL
 
 
 def _model(ts):
@@ -26,6 +27,27 @@ def _model(ts):
 
 def _lightning_records(caplog):
     return [r.getMessage() for r in caplog.records if r.name.startswith("lightning")]
+
+
+def test_the_modules_fused_adam_is_algorithm_1():
+    """The optimizer the LightningModule builds (fused) takes Algorithm 1's steps; an exact
+    claim, so in float64, with gradients near eps where the placement of eps shows, and on a
+    channels-last kernel as the network's are."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    theta0 = rng.normal(size=(4, 3, 3, 3))
+    grads = [rng.normal(size=theta0.shape) * 10.0 ** rng.uniform(-9, -5, size=theta0.shape) for _ in range(5)]
+    net = torch.nn.Module()
+    net.kernel = torch.nn.Parameter(torch.tensor(theta0).contiguous(memory_format=torch.channels_last))
+    optimizer = PtychoPINNModule(net, loss_mode="poisson", learning_rate=1e-3, hooks=TrainHooks()).configure_optimizers()
+    assert optimizer.param_groups[0]["fused"]
+    for g in grads:
+        net.kernel.grad = torch.tensor(g).contiguous(memory_format=torch.channels_last)
+        optimizer.step()
+    steps = adam_algorithm_1(theta0, grads, lr=1e-3) - theta0
+    taken = net.kernel.detach().numpy() - theta0
+    assert np.max(np.abs(taken - steps)) <= F64_RTOL * np.max(np.abs(steps))
 
 
 def test_lightnings_info_lines_stay_hidden_and_the_level_comes_back(capfd, caplog, monkeypatch):

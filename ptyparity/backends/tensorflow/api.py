@@ -72,7 +72,8 @@ def get_weights(model):
 
 
 def _signature(cfg, precision="float32"):
-    """Input specs with a free batch dimension, so one trace serves every batch size."""
+    """Input specs with a free batch dimension, so one trace serves every batch size. The traced
+    functions branch on Python values only, so they are traced without autograph (~0.1 s a fit)."""
     dtype = ops.real_dtype(precision)
     return [tf.TensorSpec((None, cfg.N, cfg.N, cfg.channels), dtype, name="scaled_diffraction"),
             tf.TensorSpec((None, cfg.channels, 2), dtype, name="rel")]
@@ -104,7 +105,7 @@ def _forward_fn(model, keep):
             taps = model((scaled_diffraction, rel))
             return {name: taps[name] for name in (contract.tap_names(model.cfg) if keep is None else keep)}
 
-        cache[keep] = tf.function(run, input_signature=_signature(model.cfg, model.precision))
+        cache[keep] = tf.function(run, input_signature=_signature(model.cfg, model.precision), autograph=False)
     return cache[keep]
 
 
@@ -193,8 +194,8 @@ class _Runner:
         self.system = system
         self.strategy = strategy
         signature = _signature(system.net.cfg, system.net.precision)
-        self.train = tf.function(self._distributed(system.train_step), input_signature=signature)
-        self.test = tf.function(self._distributed(system.test_step), input_signature=signature)
+        self.train = tf.function(self._distributed(system.train_step), input_signature=signature, autograph=False)
+        self.test = tf.function(self._distributed(system.test_step), input_signature=signature, autograph=False)
 
     def _distributed(self, step):
         strategy = self.strategy

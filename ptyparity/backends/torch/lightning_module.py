@@ -156,4 +156,6 @@ class PtychoPINNModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # log_scale only when trainable
-        return torch.optim.Adam(params, lr=self.plateau.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+        # fused: one kernel per tensor instead of a dozen small ops; the same update (torch's
+        # Adam formula) in 60 % of the time, ~1.5 ms of a 57 ms step at N=32 (scripts/bench.py).
+        return torch.optim.Adam(params, lr=self.plateau.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)

@@ -80,7 +80,9 @@ def restore_optimizer(net, optimizer, state):
         m, v = torch.empty_like(p), torch.empty_like(p)  # preserve_format: channels_last like p
         _copy_into(m, state.adam_m[name])
         _copy_into(v, state.adam_v[name])
-        optimizer.state[p] = {"step": torch.tensor(float(state.step), dtype=torch.float32),
+        fused = optimizer.param_groups[0].get("fused")  # a fused Adam keeps its step beside the weights
+        optimizer.state[p] = {"step": torch.tensor(float(state.step), dtype=torch.float32,
+                                                   device=p.device if fused else "cpu"),
                               "exp_avg": m, "exp_avg_sq": v}
     if "torch_cpu" in state.rng:
         torch.set_rng_state(torch.from_numpy(np.asarray(state.rng["torch_cpu"], np.uint8)))
