@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ptyparity.config import PATCH_SIZES
+from ptyparity.counts import DataWarning, count_sanity  # noqa: F401 (part of this module's API)
 from ptyparity.errors import PtyparityError
 
 MEASUREMENTS = ("auto", "amplitude", "intensity")
@@ -280,94 +281,6 @@ def dataset_digest(data):
             h.update(str(arr.shape).encode())
             h.update(arr.tobytes())
     return h.hexdigest()
-
-
-# Count sanity: what raw photon counts look like, and the tolerances the checks use.
-MIN_MEAN_PHOTONS = 1.0  # below one photon per pattern there is nothing to count
-# A whole count squared back from a float32 amplitude is off by at most ~1 ulp relative
-# (sqrt rounds by eps/2, squaring doubles it); the 4x and the absolute 0.01 are margin.
-COUNT_ABS_TOL, COUNT_REL_TOL = 0.01, 4 * float(np.finfo(np.float32).eps)
-COUNT_JUDGE_TOL = 0.25  # values whose tolerance exceeds this cannot tell whole from fractional
-MAX_OFF_INTEGER = 0.1  # share of off-integer intensities tolerated (a few repaired pixels)
-# Of true sqrt(Poisson) amplitudes >= sqrt(2) at most ~25% are whole (the perfect squares
-# 4, 9, ...); counts stored as amplitude are all whole.
-MIN_WHOLE_AMPLITUDES = 0.9
-MIN_JUDGED = 100  # fewer judged values say nothing either way
-
-
-@dataclass(frozen=True)
-class DataWarning:
-    """Why a dataset cannot be photon counts: ``code`` (stable, for scripts and tags) and a one-line
-    ``message`` naming the likely cause and the fix."""
-
-    code: str
-    message: str
-
-
-def _off_integer_fraction(values):
-    """Share of the non-zero ``values`` that are no whole number (None: too few can be told)."""
-    values = values[values > 0]
-    tol = COUNT_ABS_TOL + COUNT_REL_TOL * values
-    judged = tol <= COUNT_JUDGE_TOL
-    if np.count_nonzero(judged) < MIN_JUDGED:
-        return None
-    v, t = values[judged], tol[judged]
-    nearest = np.round(v)
-    return float(np.mean((np.abs(v - nearest) > t) | (nearest == 0)))  # 0 < v < 1 is never a count
-
-
-def count_sanity(data):
-    """The reasons ``data`` cannot hold photon counts (empty when it can).
-
-    ``diff3d`` is sqrt(counts), so ``diff3d**2`` must be whole numbers averaging at least
-    :data:`MIN_MEAN_PHOTONS` per pattern; simulated data (Poisson counts) passes. Codes:
-    ``zero_patterns``, ``low_photons`` (a normalised export), ``amplitude_read_as_intensity``,
-    ``intensity_read_as_amplitude``, ``non_integer``. The whole-number checks are skipped when
-    ``low_photons`` fires: values far below one photon are no counts at all.
-
-    Parameters
-    ----------
-    data : RawData
-
-    Returns
-    -------
-    warnings : list of DataWarning
-    """
-    amp = data.diff3d.astype(np.float64)
-    counts = amp**2
-    per_pattern = counts.sum(axis=(1, 2))
-    out = []
-    zero = int(np.count_nonzero(per_pattern == 0))
-    if zero:
-        out.append(DataWarning("zero_patterns", f"{zero} of {data.n_patterns} patterns are all zero (dead frames or "
-                                                "a failed export); drop them from the NPZ"))
-    mean = float(per_pattern.mean())
-    if mean < MIN_MEAN_PHOTONS:
-        out.append(DataWarning("low_photons", f"mean {mean:.3g} photons/pattern (< {MIN_MEAN_PHOTONS:g}): normalised "
-                                              "values, not photon counts (a normalised export such as ptychodus' "
-                                              "PtychoPINN export?); export the raw detector counts"))
-        return out
-    off = _off_integer_fraction(counts)
-    if off is not None and off > MAX_OFF_INTEGER:
-        fourth = _off_integer_fraction(counts**2) if data.measurement == "intensity" else None
-        if fourth is not None and fourth <= MAX_OFF_INTEGER:
-            out.append(DataWarning("amplitude_read_as_intensity",
-                                   "diff3d**2 is not whole counts but diff3d**4 is: the file holds amplitudes "
-                                   "read as intensity; pass --measurement amplitude"))
-        else:
-            out.append(DataWarning("non_integer", f"{off:.0%} of the intensities diff3d**2 are not whole photon "
-                                                  "counts (scaled, flat-fielded or interpolated data?); the Poisson "
-                                                  "loss assumes raw counts"))
-    elif data.measurement == "amplitude":
-        big = amp[amp >= 1.2]  # true counts >= 2
-        if big.size >= MIN_JUDGED:
-            whole = float(np.mean(np.abs(big - np.round(big)) <= COUNT_ABS_TOL + COUNT_REL_TOL * big))
-            if whole >= MIN_WHOLE_AMPLITUDES:
-                out.append(DataWarning("intensity_read_as_amplitude",
-                                       f"{whole:.0%} of the amplitudes diff3d >= 1.2 are whole numbers: the file "
-                                       "looks like photon counts (intensity) read as amplitude; pass "
-                                       "--measurement intensity"))
-    return out
 
 
 def summarize(data):

@@ -118,6 +118,26 @@ def test_a_few_repaired_pixels_do_not_warn_but_many_do(upstream, counts):
         assert codes(validate_arrays(with_diffraction(upstream, np.sqrt(noisy)))) == expected, share
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 64, 10_000])
+def test_the_checks_do_not_depend_on_how_the_stack_is_split(upstream, counts, monkeypatch, chunk):
+    """The checks run over blocks of patterns (ptyparity.counts.CHUNK_PATTERNS); the shares
+    are whole-stack counts, equal to one pass over the whole stack."""
+    from ptyparity import counts as count_checks
+
+    noisy = counts.copy()
+    noisy[(counts > 0) & (np.random.default_rng(1).random(counts.shape) < 0.3)] += 0.4
+    amp = np.sqrt(noisy).astype(np.float32)
+    values = amp.astype(np.float64) ** 2
+    values = values[values > 0]
+    tol = count_checks.COUNT_ABS_TOL + count_checks.COUNT_REL_TOL * values
+    v, t = values[tol <= count_checks.COUNT_JUDGE_TOL], tol[tol <= count_checks.COUNT_JUDGE_TOL]
+    whole_stack = np.count_nonzero((np.abs(v - np.round(v)) > t) | (np.round(v) == 0)) / v.size
+    monkeypatch.setattr(count_checks, "CHUNK_PATTERNS", chunk)
+    assert count_checks._off_integer_fraction(amp, 2) == whole_stack  # exact: integer counts over one total
+    (warning,) = count_sanity(validate_arrays(with_diffraction(upstream, amp)))
+    assert warning.code == "non_integer" and warning.message.startswith(f"{whole_stack:.0%} of the intensities")
+
+
 def test_inspect_prints_the_warning_and_exits_0(simulated, tmp_path):
     path = tmp_path / "export.npz"
     np.savez(path, **normalised_export(simulated))
