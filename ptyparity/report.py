@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (imported on first use: ~0.5 s)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -28,7 +29,7 @@ def _panel(fig, ax, img, title, cmap="gray"):
 
 def object_figure(obj, *, title="object"):
     """Amplitude and phase of a complex object, side by side."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
     _panel(fig, axes[0], np.abs(obj), f"{title} amplitude")
     _panel(fig, axes[1], np.angle(obj), f"{title} phase (rad)", cmap="twilight")
@@ -43,7 +44,7 @@ def probe_figure(probe):
 
 def diffraction_figure(diff3d, *, n_patterns=4):
     """The first few diffraction patterns, log10(1 + counts)."""
-    plt = _plt()
+    plt = pyplot()
     idx = np.linspace(0, len(diff3d) - 1, n_patterns).astype(int)
     fig, axes = plt.subplots(1, n_patterns, figsize=(3 * n_patterns, 3))
     for ax, i in zip(np.atleast_1d(axes), idx):
@@ -55,7 +56,7 @@ def diffraction_figure(diff3d, *, n_patterns=4):
 
 def dataset_figure(data, *, title=""):
     """One-page preview of a dataset: object (if any), probe, scan, diffraction."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))
     axes = axes.ravel()
     if data.obj is not None:
@@ -128,7 +129,7 @@ def patch_grid_figure(patches, *, normalise=True, title="", max_panels=16):
         True: each panel min-max scaled (shows structure even in collapsed
         patches); False: one shared colour scale (shows level differences).
     """
-    plt = _plt()
+    plt = pyplot()
     b, n, _, c = patches.shape
     panels = np.moveaxis(patches, -1, 1).reshape(b * c, n, n)[:max_panels]
     cols = min(c if c > 1 else 4, len(panels))
@@ -178,7 +179,7 @@ def loss_figure(history):
     Fixed margins (room for 7-character tick labels) instead of ``tight_layout``: every
     training logs this figure, and ``tight_layout`` draws it once more to measure it
     (~0.1 s, a third of its cost)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.91, wspace=0.26)
     epochs = np.arange(1, len(history["train_loss"]) + 1)
@@ -199,7 +200,7 @@ def loss_figure(history):
 
 def canvas_figure(canvas, *, reference=None, title="reconstruction"):
     """Stitched amplitude and phase, with the ground truth beside it when given."""
-    plt = _plt()
+    plt = pyplot()
     rows = 2 if reference is not None else 1
     fig, axes = plt.subplots(rows, 2, figsize=(9, 4 * rows), squeeze=False)
     _panel(fig, axes[0, 0], np.abs(canvas), f"{title} amplitude")
@@ -228,7 +229,7 @@ def parity_canvas_figure(torch_canvas, tf_canvas, torch_count, tf_count):
     """
     from ptyparity import metrics
 
-    plt = _plt()
+    plt = pyplot()
     region = metrics.covered_region(torch_count, tf_count)
     a, b = torch_canvas[region], tf_canvas[region]
     amp_a = metrics.align_amplitude(np.abs(a), np.abs(b))
@@ -250,7 +251,7 @@ def tap_error_figure(errors, tolerance):
     ``errors``: ``{implementation: {tap: max|ours - ref| / max|ref|}}``, every inner dict in the
     same forward order.
     """
-    plt = _plt()
+    plt = pyplot()
     taps = list(next(iter(errors.values())))
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(taps) + 1.6))
     height = 0.8 / len(errors)
@@ -274,7 +275,7 @@ def tap_difference_figure(reference, ours, *, title=""):
     ``reference``, ``ours``: the same shape, ``(..., H, W, C)`` stacks (the first image is
     ``[0, ..., 0]``) or one image ``(H, W)``.
     """
-    plt = _plt()
+    plt = pyplot()
 
     def image(x):
         x = np.asarray(x)
@@ -294,7 +295,7 @@ def tap_difference_figure(reference, ours, *, title=""):
 
 def variance_histogram_figure(variances):
     """Histograms of per-patch amplitude variance, one per backend, log-spaced bins."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     allv = np.concatenate([np.asarray(v).ravel() for v in variances.values()])
     lo = max(float(np.min(allv[allv > 0])) if np.any(allv > 0) else 1e-12, 1e-12)

@@ -45,7 +45,7 @@ def import_backend(backend):
     from ptyparity.backends import load_backend
 
     api = load_backend(backend)
-    report._plt()  # selects the Agg backend before pyplot is imported
+    report.pyplot()  # selects the Agg backend before pyplot is imported
     for name in _SHARED_MODULES + _STEP_MODULES.get(backend, ()):
         importlib.import_module(name)
     if _ENABLED:

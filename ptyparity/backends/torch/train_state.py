@@ -75,12 +75,12 @@ def restore_optimizer(net, optimizer, state):
     if set(state.adam_m) != trained or set(state.adam_v) != trained:
         raise PtyparityError("the checkpoint's optimizer state covers other weights than this training "
                              "(intensity_scale_trainable differs?); resume with the run's own config")
+    fused = optimizer.param_groups[0].get("fused")  # a fused Adam keeps its step beside the weights
     for name in trained:
         p = params[name]
         m, v = torch.empty_like(p), torch.empty_like(p)  # preserve_format: channels_last like p
         _copy_into(m, state.adam_m[name])
         _copy_into(v, state.adam_v[name])
-        fused = optimizer.param_groups[0].get("fused")  # a fused Adam keeps its step beside the weights
         optimizer.state[p] = {"step": torch.tensor(float(state.step), dtype=torch.float32,
                                                    device=p.device if fused else "cpu"),
                               "exp_avg": m, "exp_avg_sq": v}
