@@ -60,8 +60,7 @@ GOALS = {
 
 
 def _child_env():
-    env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env = dict(os.environ)  # torch's OpenMP defaults come from its backend package, as in the CLI
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("PYTHONPATH", os.path.dirname(HERE))
     return env
@@ -233,7 +232,7 @@ def main(argv=None):
     meta = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
             "processor": _cpu_model(), "python": platform.python_version(), "quick": args.quick,
             "repeats": args.repeats, "accelerator": args.accelerator, "load_average_start": os.getloadavg(),
-            "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "PTYPARITY_TORCH_THREADS")}}
+            "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}}
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
         os.environ["PTYPARITY_BENCH_CACHE"] = cache  # the workers' simulated datasets, made once
         for name in sections:

@@ -15,6 +15,7 @@ import torch
 from ptyparity import progress
 from ptyparity.backends.torch import api, network
 from ptyparity.backends.torch.lightning_module import PtychoPINNModule
+from ptyparity.backends.torch.openmp import SPIN_COUNT
 from ptyparity.errors import PtyparityError
 from ptyparity.training import TrainHooks
 from tests.backends.helpers import adam_algorithm_1, initial_weights, training_set
@@ -127,9 +128,16 @@ def test_a_float64_fit_switches_the_model_back():
     assert model.probe.dtype == torch.complex128 and model.log_scale.dtype == torch.float64
 
 
-def test_backend_package_sets_a_passive_omp_wait_policy_before_torch():
-    code = ("import os, sys; import ptyparity.backends.torch; "
-            "assert 'torch' not in sys.modules; print(os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "PASSIVE"
+@pytest.mark.parametrize("given, want", [
+    ({}, ("PASSIVE", str(SPIN_COUNT))),  # a short spin, then sleep
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, ("PASSIVE", None)),  # the user's policy alone decides
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ("ACTIVE", None)),
+    ({"GOMP_SPINCOUNT": "7"}, ("PASSIVE", "7")),
+])
+def test_backend_package_sets_libgomp_wait_defaults_before_torch_unless_the_user_did(given, want):
+    code = ("import os, sys; import ptyparity.backends.torch; assert 'torch' not in sys.modules; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == [str(w) for w in want]

@@ -8,14 +8,16 @@
 - :mod:`ptyparity.backends.torch.lightning_module`: the thin LightningModule that
   wires loss, optimizer and the training hooks;
 - :mod:`ptyparity.backends.torch.api`: the backend API of
-  :func:`ptyparity.backends.load_backend`.
+  :func:`ptyparity.backends.load_backend`;
+- :mod:`ptyparity.backends.torch.openmp`: how torch's OpenMP threads wait, and the
+  governor that gives a training one thread while other processes keep the CPUs busy.
 
-Importing this package imports no framework. It sets ``OMP_WAIT_POLICY=PASSIVE``
-(unless already set) so that, as long as torch is first imported through this
-backend, its OpenMP threads sleep instead of spin-waiting, which otherwise slows
-training ~10x next to another busy process.
+Importing this package imports no framework. It sets libgomp's wait defaults
+(:func:`ptyparity.backends.torch.openmp.environment_defaults`: a short spin, then sleep;
+unless the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``), which take effect as long
+as torch is first imported through this backend.
 """
 
-import os
+from ptyparity.backends.torch.openmp import environment_defaults
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+environment_defaults()

@@ -202,7 +202,7 @@ def _progress_bar():
     return RichProgressBar(leave=True) if _RICH_AVAILABLE else TQDMProgressBar(leave=True)
 
 
-def _trainer(cfg, *, live_bar, accelerator, devices, deterministic, first_epoch=0):
+def _trainer(cfg, *, live_bar, accelerator, devices, deterministic, first_epoch=0, callbacks=()):
     """The Lightning ``Trainer`` of one fit; a request Lightning cannot serve (no GPU,
     ``devices=-1`` on the CPU) is a :class:`PtyparityError`.
 
@@ -216,7 +216,7 @@ def _trainer(cfg, *, live_bar, accelerator, devices, deterministic, first_epoch=
         return L.Trainer(accelerator=accelerator, devices=devices, max_epochs=cfg.max_epochs - first_epoch,
                          logger=False,
                          enable_checkpointing=False, enable_progress_bar=live_bar, enable_model_summary=live_bar,
-                         callbacks=[_progress_bar()] if live_bar else None,
+                         callbacks=[*([_progress_bar()] if live_bar else []), *callbacks],
                          deterministic=deterministic, num_sanity_val_steps=0)
     except (MisconfigurationException, TypeError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -260,6 +260,10 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
 
     Notes
     -----
+    A CPU fit that is not ``deterministic`` runs a thread governor
+    (:mod:`ptyparity.backends.torch.openmp`): one intra-op thread while other processes keep
+    half a core busy, torch's thread count otherwise (put back afterwards).
+
     ``training_set.cfg.precision`` is the training precision. When it differs from
     the model's (``"float64"`` on a model built in float32: parity verification),
     the model is switched to it for the fit (parameters float64, probe complex128,
@@ -273,7 +277,7 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
         ``intensity_scale``, ``learning_rate``; per step: ``train_step_loss``,
         ``train_step_deviance``.
     """
-    from ptyparity.backends.torch.lightning_module import PtychoPINNModule
+    from ptyparity.backends.torch.lightning_module import PtychoPINNModule, ThreadGovernorCallback
 
     cfg = training_set.cfg
     contract.check_fit_model(model.cfg, training_set)
@@ -294,9 +298,12 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
     # seeding torch only pins down anything a future layer might draw. The global
     # NumPy and `random` states are left alone.
     torch.manual_seed(cfg.seed)
+    # The thread governor (see openmp): CPU fits only, and not where the same bits are asked for.
+    governor = ThreadGovernorCallback() if accelerator == "cpu" and not deterministic else None
     with _lightning_output(), _torch_flags_kept():
         trainer = _trainer(cfg, live_bar=live_bar, accelerator=accelerator, devices=devices,
-                           deterministic=deterministic, first_epoch=first_epoch)
+                           deterministic=deterministic, first_epoch=first_epoch,
+                           callbacks=[governor] if governor else [])
         system = PtychoPINNModule(model, loss_mode=cfg.loss_mode, learning_rate=cfg.learning_rate, hooks=recorder,
                                   resume=resume, checkpoint=checkpoint, live_bar=live_bar)
         network.set_precision(model, precision)
@@ -307,6 +314,8 @@ def fit(model, training_set, hooks=None, *, quiet=False, accelerator="cpu", devi
             if first_epoch < cfg.max_epochs:
                 trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader)
         finally:
+            if governor is not None:
+                governor.restore()
             model.eval()
             network.set_precision(model, own_precision)
     return recorder.history

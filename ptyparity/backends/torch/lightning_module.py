@@ -17,7 +17,7 @@ from torch import nn
 
 from ptyparity import checkpoint as ckpt
 from ptyparity.backends import contract
-from ptyparity.backends.torch import ops, train_state
+from ptyparity.backends.torch import openmp, ops, train_state
 from ptyparity.training import EpochMeter, HistoryHooks, PlateauRule
 
 ADAM_BETAS = (0.9, 0.999)
@@ -159,3 +159,25 @@ class PtychoPINNModule(L.LightningModule):
         # fused: one kernel per tensor instead of a dozen small ops; the same update (torch's
         # Adam formula) in 60 % of the time, ~1.5 ms of a 57 ms step at N=32 (scripts/bench.py).
         return torch.optim.Adam(params, lr=self.plateau.lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
+
+
+class ThreadGovernorCallback(L.Callback):
+    """Runs an :class:`ptyparity.backends.torch.openmp.ThreadGovernor` during a fit: one
+    intra-op thread while other processes keep the CPUs busy, torch's own count otherwise.
+    :meth:`restore` (called by ``fit`` whatever happens) puts that count back."""
+
+    def __init__(self):
+        self.governor = None
+        self._threads = torch.get_num_threads()
+
+    def on_train_start(self, trainer, pl_module):
+        self._threads = torch.get_num_threads()
+        self.governor = openmp.ThreadGovernor(self._threads)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        threads = self.governor.poll()
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    def restore(self):
+        torch.set_num_threads(self._threads)
