@@ -64,12 +64,11 @@ def resolve_preset(preset, overrides=None):
 
 
 def child_env(uri, parent_run_id):
-    """The backend processes' environment: ours, the store, the frameworks' quiet defaults
-    (:func:`ptyparity.console.framework_env`) and torch's OpenMP wait defaults
-    (:func:`ptyparity.backends.torch.openmp.environment_defaults`); a value the user set wins."""
-    from ptyparity.backends.torch import openmp  # no framework
-
-    env = openmp.environment_defaults(console.framework_env(dict(os.environ, MLFLOW_TRACKING_URI=uri)))
+    """The backend processes' environment: ours, the store, and the frameworks' quiet defaults
+    (:func:`ptyparity.console.framework_env`; a value the user set wins). torch's OpenMP wait
+    defaults are the torch backend's own, set in the child when it imports that backend
+    (:func:`ptyparity.backends.torch.openmp.environment_defaults`)."""
+    env = console.framework_env(dict(os.environ, MLFLOW_TRACKING_URI=uri))
     env[names.PARENT_RUN_ID_ENV] = parent_run_id
     env.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run` for the parent only; children open their own
     return env
