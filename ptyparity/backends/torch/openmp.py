@@ -16,9 +16,10 @@ millisecond, a third of libgomp's own default) and otherwise the passive policy,
 :class:`ThreadGovernor` watches, during a fit, how much CPU the *other* processes take: while
 they keep half a core busy, the training runs on one thread (no worker to wait for, so no
 spin); when they go quiet, it takes its threads back. CPUs beyond the training's threads are the
-others' to use: on a large machine only a nearly full one sends the training to one thread. libgomp reads its variables once, when
-torch is imported, so the defaults must be in the environment before that: the backend package
-sets them on import, before any framework, and the pipeline passes them to its children.
+others' to use: on a large machine only a nearly full one sends the training to one thread.
+libgomp reads its variables once, when torch is imported, so the defaults must be in the
+environment before that: the backend package sets them on import, before any framework (in
+every process that imports it first, the pipeline's torch child included).
 
 Nothing here imports a framework.
 """
