@@ -160,7 +160,11 @@ def _pipeline_once(overrides):
     the per-step metrics it records, plus each train run's time up to its last epoch
     (``train_fit``: inputs, first dump, the fit) and after it (``train_after``: final dump,
     held-out deviance, plots, bundle and registry, descriptions), from MLflow's timestamps."""
-    tmp = tempfile.mkdtemp(prefix="bench-pipeline-")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        return _pipeline_in(tmp, overrides)
+
+
+def _pipeline_in(tmp, overrides):
     uri = f"sqlite:///{tmp}/mlflow.db"
     args = [sys.executable, "-m", "ptyparity", "pipeline", "--out-dir", os.path.join(tmp, "data"), "--quiet"]
     for key, value in overrides.items():

@@ -10,8 +10,10 @@ Every figure is the median of ``repeats`` samples taken in the same process.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,13 @@ GRIDSIZE, BATCH = 2, 16
 
 def _median(values):
     return float(statistics.median(values))
+
+
+def _workdir(prefix):
+    """A temporary directory for this worker's store and files, removed when the worker exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _simulated(n):
@@ -157,7 +166,7 @@ def train(args):
 
     backend, repeats, size = args["backend"], args["repeats"], args["size"]
     api = warmup.import_backend(backend)  # as `ptyparity train` starts
-    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    tmp = _workdir("bench-train-")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     train_data, test_data = _simulated(SIZES[size]["N"])
     paths = {k: os.path.join(tmp, f"{k}.npz") for k in ("train", "test")}
@@ -243,7 +252,7 @@ def compare(args):
     import subprocess
     import socket
 
-    tmp = tempfile.mkdtemp(prefix="bench-compare-")
+    tmp = _workdir("bench-compare-")
     uri = f"sqlite:///{tmp}/mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     from ptyparity import names, tracking

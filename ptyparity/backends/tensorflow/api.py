@@ -81,6 +81,7 @@ def _signature(cfg, precision="float32"):
 
 # Taps that need (all but two element-wise ops of) the whole forward graph.
 _WHOLE_GRAPH_TAPS = frozenset(("pred_intensity", "pred_amplitude", "pred_amplitude_counts"))
+_VALIDATION_TAPS = ("pred_intensity", "pred_amplitude")  # what either loss mode's losses read
 
 
 def _forward_fn(model, keep):
@@ -223,9 +224,23 @@ class _Runner:
         return replicated
 
     def __call__(self, fn, scaled, rel):
-        dtype = np.float32 if self.system.net.precision == "float32" else np.float64  # the signature's
-        out = fn(tf.constant(np.asarray(scaled, dtype)), tf.constant(np.asarray(rel, dtype)))
+        out = fn(*self._tensors(scaled, rel))
         return float(out["loss"]), float(out["deviance"])
+
+    def _tensors(self, scaled, rel):
+        dtype = np.float32 if self.system.net.precision == "float32" else np.float64  # the signature's
+        return tf.constant(np.asarray(scaled, dtype)), tf.constant(np.asarray(rel, dtype))
+
+    def validate(self, scaled, rel):
+        """One validation batch's ``(loss, deviance)``, no update. On one device the network
+        runs through its compiled forward pass (:func:`_forward_fn`, traced already by a
+        training's first debug dump) and the two means are taken eagerly: a test step of its
+        own cost a second trace and first call, ~0.45 s a fit (scripts/bench.py)."""
+        if self.strategy is not None:
+            return self(self.test, scaled, rel)
+        scaled, rel = self._tensors(scaled, rel)
+        loss, deviance = self.system.losses(_forward_fn(self.system.net, _VALIDATION_TAPS)(scaled, rel), scaled)
+        return float(loss), float(deviance)
 
 
 @contextlib.contextmanager
@@ -297,7 +312,7 @@ def _run_epochs(system, runner, training_set, recorder, live_bar, resume=None, c
         if val_batches:
             val = EpochMeter()
             for which in val_batches:
-                val.add(*runner(runner.test, *training_set.batch(which)), len(which))
+                val.add(*runner.validate(*training_set.batch(which)), len(which))
             val_loss, val_deviance = val.means()
         else:  # without validation batches the train values steer
             val_loss, val_deviance = train_loss, train_deviance

@@ -152,7 +152,11 @@ class PtychoPINNSystem(keras.Model):
             Means over all elements (SPEC §3); ``deviance`` carries no gradient.
         """
         scaled, rel = batch
-        taps = self.net((scaled, rel))
+        return self.losses(self.net((scaled, rel)), scaled)
+
+    def losses(self, taps, scaled):
+        """:meth:`model_step`'s loss and deviance from the network's ``taps`` of ``scaled``
+        (also called eagerly, on the taps of the compiled forward pass: validation)."""
         log_scale, precision = self.net.log_scale, self.net.precision  # the losses in the network's precision
         if self.loss_mode == "poisson":
             loss = ops.poisson_loss(taps["pred_intensity"], scaled, log_scale, precision=precision)
