@@ -54,12 +54,19 @@ def _liveness():
     return tracking_liveness
 
 
+def recording_functions():
+    """The ``(module, name)`` pairs of every function :func:`disabled` switches off: what a
+    workflow calls to record (``scripts/bench.py`` also times the calls to them)."""
+    pairs = [(tracking, name) for name in _RECORDING + ("start_run", "log_bundle_model")]
+    for module, names in ((tracking_notes, _NOTES), (_liveness(), _LIVENESS)):
+        pairs += [(module, name) for name in names if hasattr(module, name)]
+    return pairs
+
+
 @contextlib.contextmanager
 def disabled():
     """Run the block with :mod:`ptyparity.tracking` recording nothing (see the module docstring)."""
-    replaced = {(tracking, name): getattr(tracking, name) for name in _RECORDING + ("start_run", "log_bundle_model")}
-    for module, names in ((tracking_notes, _NOTES), (_liveness(), _LIVENESS)):
-        replaced.update({(module, name): getattr(module, name) for name in names if hasattr(module, name)})
+    replaced = {(module, name): getattr(module, name) for module, name in recording_functions()}
     try:
         for (module, name) in replaced:
             setattr(module, name, _nothing)

@@ -9,7 +9,8 @@ process and a measurement never competes with another):
   realistic (N=64, f=2) sizes, gridsize 2, batch 16, and their ratio torch/tensorflow;
 - ``train``: end-to-end ``run_train`` groups/s (tracking on) against the bare step rate at
   the same size, the same training with tracking switched off in-process
-  (:mod:`ptyparity.tracking_off`), where the time goes (phases), and pyfunc
+  (:mod:`ptyparity.tracking_off`), the time spent inside the tracking layer's recording
+  calls (``recording_share`` of the run), where the time goes (phases), and pyfunc
   ``predict`` against the direct backend call;
 - ``compare``: ``compare --latest`` / ``--pair-key`` run lookups among 1,000 runs, in a
   sqlite store and through ``mlflow server`` on 127.0.0.1;
@@ -101,6 +102,10 @@ def section_train(quick, repeats, figures, raw):
         figures[f"e2e.{backend}.e2e_over_bare"] = out["e2e"] / out["bare"]
         figures[f"tracking.{backend}.off_groups_per_s"] = out["off"]
         figures[f"tracking.{backend}.tracking_overhead"] = out["off"] / out["e2e"] - 1
+        # Time inside the recording calls themselves: a direct reading, beside the on/off difference
+        # of two wall times whose noise on a shared machine is larger than the 3 % goal.
+        figures[f"tracking.{backend}.recording_seconds"] = out["recording_seconds"]
+        figures[f"tracking.{backend}.recording_share"] = out["recording_seconds"] / _median(out["walls"]["on"])
         for phase, seconds in out["phases"].items():
             figures[f"e2e.{backend}.phase.{phase}_seconds"] = seconds
         figures[f"infer.{backend}.direct_groups_per_s"] = out["direct_groups_per_s"]

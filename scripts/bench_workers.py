@@ -152,7 +152,32 @@ def _timed_phases():
             finally:
                 seconds[_phase] = seconds.get(_phase, 0.0) + time.perf_counter() - start
         setattr(probe, attr, timed)
+    _time_recording(seconds)
     return seconds
+
+
+def _time_recording(seconds):
+    """Clock every recording call of the tracking layer (those ``tracking_off`` switches off,
+    but ``start_run``, a context manager) into ``seconds["recording"]``; a call made from
+    inside another counts once."""
+    from ptyparity import tracking_off
+
+    depth = [0]
+    for module, name in tracking_off.recording_functions():
+        if name == "start_run":
+            continue
+        fn = getattr(module, name)
+
+        def timed(*a, _fn=fn, **k):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    seconds["recording"] = seconds.get("recording", 0.0) + time.perf_counter() - start
+        setattr(module, name, timed)
 
 
 def train(args):
@@ -180,7 +205,7 @@ def train(args):
     with tracking_off.disabled():  # warm-up: framework kernels, TF tracing caches, matplotlib
         run_train(backend, paths["train"], _train_config(size, 32, 1), test_path=paths["test"], quiet=True)
     walls, phase_runs = {"on": [], "off": []}, []
-    bare = []
+    bare, recording = [], []
     result = None
     for _ in range(repeats):  # interleaved, so a change of load hits all three alike
         for mode in ("on", "off"):
@@ -188,6 +213,7 @@ def train(args):
             start = time.perf_counter()
             if mode == "on":
                 result = run_train(backend, paths["train"], cfg, test_path=paths["test"], quiet=True)
+                recording.append(phases.pop("recording", 0.0))
                 phase_runs.append(dict(phases, total=time.perf_counter() - start))
             else:
                 with tracking_off.disabled():
@@ -199,7 +225,7 @@ def train(args):
     ts = training.prepare(train_data, training.resolve_config(cfg, train_data))
     trained = len(ts.train_idx) * cfg.max_epochs
     out = {"e2e": trained / _median(walls["on"]), "off": trained / _median(walls["off"]), "bare": _median(bare),
-           "walls": walls, "bare_samples": bare, "n_train_groups": len(ts.train_idx), "epochs": cfg.max_epochs,
+           "walls": walls, "bare_samples": bare, "recording_seconds": _median(recording), "recording_samples": recording, "n_train_groups": len(ts.train_idx), "epochs": cfg.max_epochs,
            "phases": {k: _median([p.get(k, 0.0) for p in phase_runs]) for k in phase_runs[0]}}
     out.update(_inference(result.model_uri, _first_patterns(test_data, args.get("infer_patterns")), repeats))
     out["threads"] = _threads(backend)

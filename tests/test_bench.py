@@ -25,7 +25,8 @@ EXPECTED = (
     + [f"e2e.{b}.{k}" for b in BACKENDS for k in ("groups_per_s", "bare_groups_per_s", "e2e_over_bare")]
     + [f"e2e.{b}.phase.{p}_seconds" for b in BACKENDS for p in ("fit", "debug_dumps", "test_deviance",
                                                                 "bundle_registry", "total")]
-    + [f"tracking.{b}.{k}" for b in BACKENDS for k in ("off_groups_per_s", "tracking_overhead")]
+    + [f"tracking.{b}.{k}" for b in BACKENDS for k in ("off_groups_per_s", "tracking_overhead",
+                                                           "recording_seconds", "recording_share")]
     + [f"infer.{b}.{k}" for b in BACKENDS for k in ("direct_groups_per_s", "pyfunc_groups_per_s", "pyfunc_overhead")]
     + ["compare.n_runs"] + [f"compare.{s}.{q}_s" for s in ("sqlite", "server") for q in ("latest", "pair_key")]
     + ["stitch.n64.integer.patches_per_s", "stitch.n64.jittered.patches_per_s"]
@@ -62,9 +63,10 @@ def test_quick_bench_has_every_figure_and_each_is_finite(quick_bench):
     bad = {k: v for k, v in figures.items() if not (isinstance(v, (int, float)) and math.isfinite(v))}
     assert not bad, bad
     assert figures["compare.n_runs"] == 1000
-    # Rates and memory are positive: a zero would mean a measurement that measured nothing.
+    # Rates, memory and a tracked run's recording time are positive: a zero would mean a measurement
+    # that measured nothing.
     for key in EXPECTED:
-        if key.endswith(("groups_per_s", "patches_per_s", "_mb")):
+        if key.endswith(("groups_per_s", "patches_per_s", "_mb", "recording_seconds")):
             assert figures[key] > 0, key
 
 
