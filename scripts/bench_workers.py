@@ -207,8 +207,8 @@ def train(args):
     walls, phase_runs = {"on": [], "off": []}, []
     bare, recording = [], []
     result = None
-    for _ in range(repeats):  # interleaved, so a change of load hits all three alike
-        for mode in ("on", "off"):
+    for repeat in range(repeats):  # interleaved, so a change of load hits all three alike,
+        for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):  # in turn first: no order bias
             phases.clear()
             start = time.perf_counter()
             if mode == "on":
