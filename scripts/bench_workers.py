@@ -124,64 +124,47 @@ def step(args):
     return out
 
 
+def _clocked(fn, seconds, key, depth=None):
+    """``fn`` adding its wall time to ``seconds[key]``; with a ``depth`` counter shared by several
+    wrapped functions, a call made from inside another of them counts once. A plain function, so
+    set on a class it wraps a method too."""
+    def timed(*a, **k):
+        if depth is not None:
+            depth[0] += 1
+        start = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            if depth is not None:
+                depth[0] -= 1
+            if not depth or not depth[0]:
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+    return timed
+
+
 def _timed_phases():
-    """Wrap the steps of ``run_train`` with clocks; returns ``{phase: seconds}`` (reset per run)."""
+    """Wrap the steps of ``run_train`` with clocks; returns ``{phase: seconds}`` (reset per run),
+    with ``"recording"``: the time inside the tracking layer's recording calls (those
+    ``tracking_off`` switches off, but ``start_run``, a context manager)."""
+    from ptyparity import tracking_off
     from ptyparity.runs import train as train_run
 
     seconds = {}
     wrapped = {"_log_inputs": "log_inputs", "_fit": "fit", "_log_history": "history", "_log_bundle": "bundle_registry",
                "_describe": "describe", "_load_inputs": "load_data"}
     for attr, phase in wrapped.items():
-        fn = getattr(train_run, attr)
-
-        def timed(*a, _fn=fn, _phase=phase, **k):
-            start = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                seconds[_phase] = seconds.get(_phase, 0.0) + time.perf_counter() - start
-        setattr(train_run, attr, timed)
-    probe = train_run._Probe
+        setattr(train_run, attr, _clocked(getattr(train_run, attr), seconds, phase))
     for attr, phase in (("dump", "debug_dumps"), ("test_deviance", "test_deviance")):
-        fn = getattr(probe, attr)
-
-        def timed(self, *a, _fn=fn, _phase=phase, **k):
-            start = time.perf_counter()
-            try:
-                return _fn(self, *a, **k)
-            finally:
-                seconds[_phase] = seconds.get(_phase, 0.0) + time.perf_counter() - start
-        setattr(probe, attr, timed)
-    _time_recording(seconds)
+        setattr(train_run._Probe, attr, _clocked(getattr(train_run._Probe, attr), seconds, phase))
+    depth = [0]
+    for module, name in tracking_off.recording_functions():
+        if name != "start_run":
+            setattr(module, name, _clocked(getattr(module, name), seconds, "recording", depth))
     return seconds
 
 
-def _time_recording(seconds):
-    """Clock every recording call of the tracking layer (those ``tracking_off`` switches off,
-    but ``start_run``, a context manager) into ``seconds["recording"]``; a call made from
-    inside another counts once."""
-    from ptyparity import tracking_off
-
-    depth = [0]
-    for module, name in tracking_off.recording_functions():
-        if name == "start_run":
-            continue
-        fn = getattr(module, name)
-
-        def timed(*a, _fn=fn, **k):
-            depth[0] += 1
-            start = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                depth[0] -= 1
-                if not depth[0]:
-                    seconds["recording"] = seconds.get("recording", 0.0) + time.perf_counter() - start
-        setattr(module, name, timed)
-
-
 def train(args):
-    """End-to-end ``run_train`` (tracking on, then off) against the bare step rate, and
+    """End-to-end ``run_train`` (tracking on and off, in turn first) against the bare step rate, and
     pyfunc ``predict`` against the direct backend call, in one process."""
     import numpy as np
 
@@ -225,7 +208,8 @@ def train(args):
     ts = training.prepare(train_data, training.resolve_config(cfg, train_data))
     trained = len(ts.train_idx) * cfg.max_epochs
     out = {"e2e": trained / _median(walls["on"]), "off": trained / _median(walls["off"]), "bare": _median(bare),
-           "walls": walls, "bare_samples": bare, "recording_seconds": _median(recording), "recording_samples": recording, "n_train_groups": len(ts.train_idx), "epochs": cfg.max_epochs,
+           "walls": walls, "bare_samples": bare, "recording_seconds": _median(recording),
+           "recording_samples": recording, "n_train_groups": len(ts.train_idx), "epochs": cfg.max_epochs,
            "phases": {k: _median([p.get(k, 0.0) for p in phase_runs]) for k in phase_runs[0]}}
     out.update(_inference(result.model_uri, _first_patterns(test_data, args.get("infer_patterns")), repeats))
     out["threads"] = _threads(backend)

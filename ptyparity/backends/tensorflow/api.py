@@ -235,7 +235,7 @@ class _Runner:
         """One validation batch's ``(loss, deviance)``, no update. On one device the network
         runs through its compiled forward pass (:func:`_forward_fn`, traced already by a
         training's first debug dump) and the two means are taken eagerly: a test step of its
-        own cost a second trace and first call, ~0.45 s a fit (scripts/bench.py)."""
+        own cost a second trace and first call (a fit's first validation pass 0.27 s, now 0.035 s)."""
         if self.strategy is not None:
             return self(self.test, scaled, rel)
         scaled, rel = self._tensors(scaled, rel)
