@@ -215,8 +215,8 @@ def test_forward_mode_passes_and_names_the_perturbed_tap(store, monkeypatch):
     assert max(c.value for c in ok.checks) <= 1e-4
     from ptyparity.backends.torch import ops
 
-    original = ops.translate
-    monkeypatch.setattr(ops, "translate", lambda img, shift, **kw: original(img, -shift, **kw))  # a sign flip
+    original = ops._window_tents  # the shifts of the merge and extraction
+    monkeypatch.setattr(ops, "_window_tents", lambda shift, n, size: original(-shift, n, size))  # a sign flip
     bad = run_compare_forward("models:/ptyparity-torch/1")
     assert bad.verdict == "fail" and bad.exit_code == 1 and bad.reason == "object_canvas"
     assert mlflow.get_run(bad.run_id).data.tags["parity.first_divergent_tap"] == "object_canvas"

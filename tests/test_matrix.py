@@ -106,12 +106,11 @@ def test_quick_matrix_passes_on_both_backends(apis, record_property):
             assert r.trajectory["tolerance"] == matrix.F64_RTOL and r.trajectory["floor"] is None
 
 
-def _flip_translate(monkeypatch):
+def _flip_merge_shifts(monkeypatch):
     import ptyparity.backends.torch.ops as torch_ops
 
-    original = torch_ops.translate
-    monkeypatch.setattr(torch_ops, "translate", lambda img, shift, *, precision="float32":
-                        original(img, -torch_ops._real(shift, precision), precision=precision))
+    original = torch_ops._window_tents  # the shifts of torch's merge and extraction
+    monkeypatch.setattr(torch_ops, "_window_tents", lambda shift, n, size: original(-shift, n, size))
 
 
 def _drop_support_weighting(monkeypatch):
@@ -136,11 +135,11 @@ def _ignore_probe_big(monkeypatch):
 
 
 # (break one backend, the cells it must fail, the comparisons that see it). A gridsize-1 group
-# has rel = 0, so a translate bug cannot show there; patches are zero outside the support
+# has rel = 0, so a shift bug cannot show there; patches are zero outside the support
 # without probe_big, so an unweighted merge changes only the counts where patches overlap
 # (gridsize 2); probe_big reaches the physics only through the merge weights (object_big).
 CONTROLS = {
-    "torch translate sign flipped": (_flip_translate, lambda c: c["object_big"] and c["gridsize"] > 1, "torch"),
+    "torch merge shifts sign flipped": (_flip_merge_shifts, lambda c: c["object_big"] and c["gridsize"] > 1, "torch"),
     "torch merge without the support weighting": (
         _drop_support_weighting, lambda c: (c["object_big"] and not c["probe_big"] and c["gridsize"] > 1
                                             and c["merge_weighting"] == "support"), "torch"),
@@ -174,7 +173,7 @@ def test_matrix_run_records_parent_children_and_artifacts(tracking_uri, apis, mo
 
     from ptyparity.runs.matrix import run_matrix
 
-    _flip_translate(monkeypatch)  # so the record shows a failing cell next to a passing one
+    _flip_merge_shifts(monkeypatch)  # so the record shows a failing cell next to a passing one
     lines = []
     result = run_matrix(axes="object_big", train_steps=1, apis=apis, echo=lines.append)
     assert result.exit_code == 1 and result.failed_cells == ["ob1-pb0-g2-N32-support-poisson-tr0-f32"]

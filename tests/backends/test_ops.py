@@ -383,7 +383,8 @@ def test_torch_window_tents_are_the_padded_and_cropped_tents(rng):
         assert np.array_equal(ops.to_numpy(t.mT), ops.to_numpy(flipped[i][..., start : start + N, :]))
     canvas = rng.normal(size=(3, size, size)).astype(np.float32)  # a real canvas too
     ref = physics.extract_patches(canvas, ops.to_numpy(rel), N)
-    assert_close_rel(ops.to_numpy(ops._extract(ops.to_backend(canvas), (t_x, t_y))), ref, OP_RTOL, "_extract")
+    out = ops._extract(ops.to_backend(canvas)[:, :, None], (t_x, t_y))  # one real plane: (B, C, N, 1, N)
+    assert_close_rel(ops.to_numpy(out[:, :, :, 0].permute(0, 2, 3, 1)), ref, OP_RTOL, "_extract")
 
 
 def test_torch_translate_non_square(rng):

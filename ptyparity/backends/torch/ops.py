@@ -208,18 +208,34 @@ def merge_patches(patches, rel, weights, max_offset, *, count_weights=None, prec
     rel = _group_rel(rel, b, c, precision, patches.device)
     w = _real(weights, precision, patches.device)  # (N, N)
     w_cnt = w if count_weights is None else _real(count_weights, precision, patches.device)
-    return _merge(patches, rel, _window_tents(rel, n, n + 2 * int(max_offset)), w, w_cnt, precision)
+    tents = _window_tents(rel, n, n + 2 * int(max_offset))
+    return _complex_of(_merge(_patch_planes(patches.real, patches.imag, w), tents, w_cnt))
 
 
-def _merge(patches, rel, tents, w, w_cnt, precision):
-    """:func:`merge_patches` given the :func:`_window_tents` ``(t_x, t_y)`` of ``rel``."""
-    t_x, t_y = tents  # (B, C, Pd, N)
-    # The numerator goes through translate, the op SPEC names (and tests/test_matrix.py's
-    # negative control perturbs); the count skips the padding.
-    padded = pad_center(patches.permute(0, 3, 1, 2) * w, t_x.shape[-2], precision=precision)  # (B, C, Pd, Pd)
-    num = translate(padded, rel, precision=precision).sum(dim=1)
+def _patch_planes(re, im, w):
+    """The weighted patches ``w o_c`` of channel-last ``re``, ``im`` (B, N, N, C) as
+    real planes (B, C, N, 2, N): each row's real part, then its imaginary part."""
+    return torch.stack((re.permute(0, 3, 1, 2), im.permute(0, 3, 1, 2)), dim=-2) * w[:, None, :]
+
+
+def _merge(planes, tents, w_cnt):
+    """:func:`merge_patches` on the patch planes (B, C, N, 2, N) of :func:`_patch_planes`,
+    given the :func:`_window_tents` ``(t_x, t_y)`` (B, C, Pd, N) of ``rel``; returns the
+    canvas planes (B, Pd, 2, Pd).
+
+    ``t_y x t_x^T`` is ``translate(pad(x), rel)`` without the padding's zero rows and
+    columns (:func:`_window_tents`): a third fewer multiplications than translating the
+    padded patch, no padded copy, and the real and imaginary parts go through each product
+    together as one real matrix, never as complex numbers (whose ``.real`` / ``.imag``
+    gradients cost a zero-filled complex buffer each).
+    """
+    t_x, t_y = tents
+    b, c, n, k, _ = planes.shape
+    size = t_x.shape[-2]
+    rows = t_y @ planes.reshape(b, c, n, k * n)  # (B, C, Pd, kN): rows placed
+    num = (rows.reshape(b, c, k * size, n) @ t_x.mT).reshape(b, c, size, k, size).sum(dim=1)  # (B, Pd, k, Pd)
     cnt = (t_y @ w_cnt @ t_x.mT).sum(dim=1)  # (B, C, Pd, Pd) summed to (B, Pd, Pd)
-    return num / (cnt + MERGE_EPS)
+    return num / (cnt + MERGE_EPS)[:, :, None, :]
 
 
 def extract_patches(canvas, rel, n, *, precision="float32"):
@@ -227,21 +243,22 @@ def extract_patches(canvas, rel, n, *, precision="float32"):
     ``crop_N(translate(canvas, -rel_c))``, shape (B, N, N, C)."""
     canvas = _like(canvas, check_precision(precision))
     rel = _real(rel, precision, canvas.device)
-    return _extract(canvas, _window_tents(rel, n, canvas.shape[-1]))
+    planes = _planes(canvas) if canvas.is_complex() else canvas[:, :, None]  # (B, Pd, k, Pd)
+    out = _extract(planes, _window_tents(rel, n, canvas.shape[-1]))  # (B, C, N, k, N)
+    out = _complex_of(out) if canvas.is_complex() else out[:, :, :, 0]
+    return out.permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
 
 
-def _extract(canvas, tents):
-    """:func:`extract_patches` given the :func:`_window_tents` ``(t_x, t_y)`` of ``+rel``:
-    the crop of ``T_y(-rel) canvas T_x(-rel)^T`` is ``t_y^T canvas t_x``."""
+def _extract(planes, tents):
+    """:func:`extract_patches` on canvas planes (B, Pd, k, Pd), given the
+    :func:`_window_tents` ``(t_x, t_y)`` of ``+rel``: the crop of
+    ``T_y(-rel) canvas T_x(-rel)^T`` is ``t_y^T canvas t_x``. Returns (B, C, N, k, N)."""
     t_x, t_y = tents  # (B, C, Pd, N)
     b, c, size, n = t_x.shape
-    planes = _planes(canvas) if canvas.is_complex() else canvas[:, :, None]  # (B, Pd, k, Pd)
     k = planes.shape[-2]
     # A group's C row windows in one matmul against its canvas: (B, C N, Pd) @ (B, Pd, k Pd).
     rows = t_y.mT.reshape(b, c * n, size) @ planes.reshape(b, size, k * size)
-    out = (rows.reshape(b, c, n * k, size) @ t_x).reshape(b, c, n, k, n)  # columns: (B, C, N, k, N)
-    out = _complex_of(out) if canvas.is_complex() else out[:, :, :, 0]
-    return out.permute(0, 2, 3, 1)  # (B, C, N, N) -> (B, N, N, C)
+    return (rows.reshape(b, c, n * k, size) @ t_x).reshape(b, c, n, k, n)  # columns
 
 
 def _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision):
@@ -382,14 +399,18 @@ def forward_physics(amp, phase, probe, *, rel=None, object_big=False, max_offset
                              f"and {tuple(phase.shape)}")
     if object_big and rel is None:
         raise PtyparityError("object_big needs rel offsets of shape (B, C, 2)")
-    obj = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))  # (B, N, N, C)
+    re, im = amp * torch.cos(phase), amp * torch.sin(phase)  # (B, N, N, C)
+    obj = torch.complex(re, im)
     taps = {"object_patches": obj}
     if object_big:
+        # On real planes from the patches to the extracted patches (merge_patches and
+        # extract_patches in one); the complex canvas is only the tap.
         w, w_cnt = _merge_weight_pair(probe, probe_big, merge_weighting, merge_normalization, precision)
         rel = _group_rel(rel, amp.shape[0], amp.shape[3], precision, amp.device)
         tents = _window_tents(rel, amp.shape[1], amp.shape[1] + 2 * int(max_offset))  # merge's and extract's
-        taps["object_canvas"] = canvas = _merge(obj, rel, tents, w, w_cnt, precision)  # as merge_patches
-        extracted = _extract(canvas, tents)  # (B, N, N, C), as extract_patches
+        canvas = _merge(_patch_planes(re, im, w), tents, w_cnt)  # (B, Pd, 2, Pd)
+        taps["object_canvas"] = _complex_of(canvas)
+        extracted = _complex_of(_extract(canvas, tents)).permute(0, 2, 3, 1)  # (B, N, N, C)
     else:
         extracted = obj
     taps["object_extracted"] = extracted
