@@ -218,11 +218,14 @@ def log_artifact(path, artifact_path=None):
 
 
 def log_npz(arrays, artifact_file):
-    """Log a dict of arrays as an ``.npz`` artifact (plain arrays, no pickle)."""
+    """Log a dict of arrays as an ``.npz`` artifact (plain arrays, no pickle).
+
+    Stored uncompressed: a debug dump's taps are float noise outside the zeros, and zlib
+    took 14x the write time to halve the file (N=64 dump: 13.4 MB in 16 ms, 6.6 MB in 223 ms)."""
     directory, name = os.path.split(artifact_file)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, name)
-        np.savez_compressed(path, **arrays)
+        np.savez(path, **arrays)
         _mlflow().log_artifact(path, directory or None)
 
 
