@@ -81,16 +81,33 @@ OPTIONS = {"accelerator": "cpu", "sizes": None}  # set by main (bench_gpu.sh: --
 
 
 def section_step(quick, repeats, figures, raw):
+    """``repeats`` rounds, each one worker per backend (one warm-up epoch, then two measured),
+    the two taking turns going first: the torch and TensorFlow samples of a round are a minute
+    apart at most, so the ratio is the median of the rounds' ratios, not that of two workers
+    run minutes apart on a drifting machine. ``--quick``: one round of ``repeats`` measured
+    epochs (a round costs two process starts, ~15 s)."""
     groups = PLAN["step_groups"][0 if quick else 1]
     groups = {k: v for k, v in groups.items() if k in (OPTIONS["sizes"] or groups)}
+    n_rounds, epochs = (1, repeats) if quick else (repeats, 2)
+    rounds = []
+    for r in range(n_rounds):
+        out = {}
+        for backend in BACKENDS if r % 2 == 0 else BACKENDS[::-1]:
+            out[backend] = worker("step", backend=backend, sizes=list(groups), n_groups=groups, repeats=epochs,
+                                  accelerator=OPTIONS["accelerator"])
+        rounds.append(out)
     for backend in BACKENDS:
-        out = raw[f"step.{backend}"] = worker("step", backend=backend, sizes=list(groups), n_groups=groups,
-                                              repeats=repeats, accelerator=OPTIONS["accelerator"])
+        # samples: each round's median (quick: the one round's epochs); epoch_samples: every epoch's rate
+        raw[f"step.{backend}"] = {"threads": rounds[0][backend]["threads"],
+                                  **{f"{size}_samples": ([o[backend][size] for o in rounds] if len(rounds) > 1
+                                                         else rounds[0][backend][f"{size}_samples"]) for size in groups},
+                                  **{f"{size}_epoch_samples": [o[backend][f"{size}_samples"] for o in rounds]
+                                     for size in groups}}
         for size in groups:
-            figures[f"step.{size}.{backend}.groups_per_s"] = out[size]
+            figures[f"step.{size}.{backend}.groups_per_s"] = _median(raw[f"step.{backend}"][f"{size}_samples"])
     for size in groups:
-        figures[f"step.{size}.ratio_torch_over_tf"] = (figures[f"step.{size}.torch.groups_per_s"]
-                                                      / figures[f"step.{size}.tensorflow.groups_per_s"])
+        figures[f"step.{size}.ratio_torch_over_tf"] = _median(
+            [o["torch"][size] / o["tensorflow"][size] for o in rounds])
 
 
 def section_train(quick, repeats, figures, raw):
