@@ -97,14 +97,12 @@ def section_step(quick, repeats, figures, raw):
                                   accelerator=OPTIONS["accelerator"])
         rounds.append(out)
     for backend in BACKENDS:
-        # samples: each round's median (quick: the one round's epochs); epoch_samples: every epoch's rate
-        raw[f"step.{backend}"] = {"threads": rounds[0][backend]["threads"],
-                                  **{f"{size}_samples": ([o[backend][size] for o in rounds] if len(rounds) > 1
-                                                         else rounds[0][backend][f"{size}_samples"]) for size in groups},
-                                  **{f"{size}_epoch_samples": [o[backend][f"{size}_samples"] for o in rounds]
-                                     for size in groups}}
+        # samples: every measured epoch's rate; rounds: each round's median (its worker's figure)
+        out = raw[f"step.{backend}"] = {"threads": rounds[0][backend]["threads"]}
         for size in groups:
-            figures[f"step.{size}.{backend}.groups_per_s"] = _median(raw[f"step.{backend}"][f"{size}_samples"])
+            out[f"{size}_samples"] = [rate for o in rounds for rate in o[backend][f"{size}_samples"]]
+            out[f"{size}_rounds"] = [o[backend][size] for o in rounds]
+            figures[f"step.{size}.{backend}.groups_per_s"] = _median(out[f"{size}_rounds"])
     for size in groups:
         figures[f"step.{size}.ratio_torch_over_tf"] = _median(
             [o["torch"][size] / o["tensorflow"][size] for o in rounds])
