@@ -174,3 +174,49 @@ def test_keras_failure_inside_the_with_block_ends_the_run_failed(store):
         fit_keras(store, "keras-fail", extra_callbacks=[Explode()])
     run = run_named("keras-fail")
     assert run.info.status == "FAILED" and run.data.tags["ptyparity.error"] == "disk full while saving"
+
+
+KERAS_WITHOUT_WITH = """
+import sys
+import keras
+import numpy as np
+from ptyparity.data import load_npz
+from ptyparity.integrations.keras import ParityCallback
+
+class Explode(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise ValueError("disk full while saving")
+
+data = load_npz(sys.argv[1])
+x = (data.diff3d[:32, ..., None] / data.diff3d.max()).astype("float32")
+inputs = keras.Input((x.shape[1], x.shape[2], 1))
+model = keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs))
+model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+parity = ParityCallback(lambda m, b: (np.ones((4,) + x.shape[1:3] + (1,)), np.zeros((4,) + x.shape[1:3] + (1,))),
+                        batch=x[:4], data=sys.argv[1], implementation="tiny-keras", version="0.0.1",
+                        run_name="keras-no-with")
+model.fit(x, np.zeros(x.shape[:3] + (2,), "float32"), epochs=2, batch_size=8, verbose=0, callbacks=[parity, Explode()])
+"""
+
+
+def test_keras_failure_without_the_with_block_ends_the_run_failed_at_exit(store, tmp_path):
+    """Without ``with``, Keras calls no callback when ``fit`` raises: the callback's exit hook ends
+    the run FAILED when the process dies of the exception (MLflow's own exit hook, which runs
+    after it, would end it FINISHED)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "user_training.py"
+    script.write_text(KERAS_WITHOUT_WITH)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(script), str(store / "train.npz")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "ValueError: disk full while saving" in proc.stderr, proc.stderr[-2000:]
+    run = run_named("keras-no-with")
+    assert run.info.status == "FAILED"
+    assert "the process ended during model.fit" in run.data.tags["ptyparity.error"]
+    # Epoch 0 ended (the callback logged it) before the next callback raised.
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")] == [0]
