@@ -66,10 +66,10 @@ def dump_patches(taps, raw, support, prefix, *, log_dump):
     metrics, per_patch = tap_summary(taps, raw, support)
     if log_dump:
         tracking.log_dict({"aggregates": metrics, "per_patch": per_patch}, f"{prefix}/{names.PATCH_STATS_FILE}")
-        tracking.log_figure(report.patch_grid_figure(taps["amp_patches"], normalise=True),
-                            f"{prefix}/{names.PATCH_GRID_NORMALISED_FILE}")
-        tracking.log_figure(report.patch_grid_figure(taps["amp_patches"], normalise=False),
-                            f"{prefix}/{names.PATCH_GRID_SHARED_FILE}")
+        tracking.log_image(report.patch_grid_image(taps["amp_patches"], normalise=True),
+                           f"{prefix}/{names.PATCH_GRID_NORMALISED_FILE}")
+        tracking.log_image(report.patch_grid_image(taps["amp_patches"], normalise=False),
+                           f"{prefix}/{names.PATCH_GRID_SHARED_FILE}")
         tracking.log_npz(dict(taps), f"{prefix}/{names.TAPS_FILE}")
     return metrics
 

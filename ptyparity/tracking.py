@@ -211,6 +211,15 @@ def log_figure(fig, artifact_file):
     plt.close(fig)
 
 
+def log_image(image, artifact_file):
+    """Log a PIL image as an image artifact (PNG for a ``.png`` name)."""
+    directory, name = os.path.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        image.save(path)
+        _mlflow().log_artifact(path, directory or None)
+
+
 def log_artifact(path, artifact_path=None):
     """Log a local file (or directory) as artifact(s)."""
     mlflow = _mlflow()

@@ -18,8 +18,8 @@ import uuid
 from ptyparity import tracking, tracking_notes
 
 # What a workflow calls to record; reading functions (get_run, search_runs, …) are left alone.
-_RECORDING = ("init_store", "check_store", "log_params", "log_metrics", "log_dict", "log_figure", "log_artifact",
-              "log_npz", "log_dataset", "log_series", "log_text", "set_tags", "tag_model_version",
+_RECORDING = ("init_store", "check_store", "log_params", "log_metrics", "log_dict", "log_figure", "log_image",
+              "log_artifact", "log_npz", "log_dataset", "log_series", "log_text", "set_tags", "tag_model_version",
               "set_model_alias")
 _NOTES = ("describe_run", "describe_registered_model", "describe_model_version", "mark_experiment")
 _LIVENESS = ("heartbeat", "sweep")  # the run's heartbeat tag and the sweep of stale runs

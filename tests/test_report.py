@@ -33,21 +33,40 @@ def test_mosaic_shared_scale_keeps_values_and_leaves_missing_panels_empty():
 
 
 @pytest.mark.parametrize("normalise", [True, False])
-def test_patch_grid_figure_shows_the_mosaic_with_one_title_per_panel(normalise):
+def test_patch_grid_image_shows_the_mosaic_with_one_title_per_panel(normalise):
     patches = _patches(b=5, n=32, c=4)  # 20 panels, the first 16 shown
-    fig = report.patch_grid_figure(patches, normalise=normalise)
-    try:
-        (ax,) = fig.axes
-        (image,) = ax.images
-        panels = np.moveaxis(patches, -1, 1).reshape(20, 32, 32)[:16]
-        expected = report.patch_mosaic(panels, 4, 4, normalise=normalise, gap=2, title_gap=5)
-        np.testing.assert_array_equal(np.ma.filled(image.get_array(), np.nan), expected)
-        lo, hi = float(panels.min()), float(panels.max())
-        assert image.get_clim() == ((0.0, 1.0) if normalise else (lo, hi))
-        assert [t.get_text() for t in ax.texts] == [f"g{i // 4} c{i % 4}" for i in range(16)]
-        assert ("each min-max scaled" in fig.get_suptitle()) == normalise
-        assert report.figure_png(fig).startswith(b"\x89PNG")
-    finally:
-        import matplotlib.pyplot as plt
+    image = report.patch_grid_image(patches, normalise=normalise)
+    panels = np.moveaxis(patches, -1, 1).reshape(20, 32, 32)[:16]
+    mosaic = report.patch_mosaic(panels, 4, 4, normalise=normalise, gap=2, title_gap=5)
+    zoom = round(report.PANEL_PX / 32)
+    top, side = report.TITLE_BAND_PX, report.MARGIN_PX
+    pixels = np.asarray(image)
+    assert image.mode == "L"
+    assert pixels.shape == (mosaic.shape[0] * zoom + top + side, mosaic.shape[1] * zoom + 2 * side)
+    # every mosaic pixel is a zoom x zoom block of its grey level on the grid's scale
+    vmin, vmax = (0.0, 1.0) if normalise else (panels.min(), panels.max())
+    expected = np.where(np.isnan(mosaic), 255, np.rint((mosaic - vmin) / (vmax - vmin) * 255))
+    shown = pixels[top:top + mosaic.shape[0] * zoom, side:side + mosaic.shape[1] * zoom]
+    blocks = shown.reshape(mosaic.shape[0], zoom, mosaic.shape[1], zoom)
+    panel_rows = ~np.isnan(mosaic).all(axis=1)  # the title gaps carry the labels' text
+    assert (blocks[panel_rows] == blocks[panel_rows][:, :1, :, :1]).all()
+    np.testing.assert_array_equal(blocks[panel_rows, 0, :, 0], expected[panel_rows])
+    # a label above every panel (dark text in its title gap), nothing above a missing one
+    for i in range(16):
+        r, k = divmod(i, 4)
+        gap_rows = slice(top + r * 37 * zoom, top + (r * 37 + 5) * zoom)
+        assert pixels[gap_rows, side + k * 34 * zoom:side + (k * 34 + 32) * zoom].min() < 128, i
+    heading = pixels[:top]
+    assert heading.min() < 128 and heading[:, :side].min() == 255  # the title, centred
 
-        plt.close(fig)
+
+def test_patch_grid_image_headings_name_the_scale():
+    patches = _patches(b=1, n=8, c=1)
+    normalised, shared = (np.asarray(report.patch_grid_image(patches, normalise=flag))[:report.TITLE_BAND_PX]
+                          for flag in (True, False))
+    assert not np.array_equal(normalised, shared)  # "each min-max scaled" / "shared scale [lo, hi]"
+    import io
+
+    buf = io.BytesIO()
+    report.patch_grid_image(patches).save(buf, format="png")
+    assert buf.getvalue().startswith(b"\x89PNG")

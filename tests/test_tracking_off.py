@@ -9,7 +9,7 @@ from ptyparity import tracking, tracking_off
 
 def test_recording_functions_name_every_kind_of_record():
     named = {name for _, name in tracking_off.recording_functions()}
-    for name in ("start_run", "log_params", "log_metrics", "log_figure", "log_artifact", "log_npz",
+    for name in ("start_run", "log_params", "log_metrics", "log_figure", "log_image", "log_artifact", "log_npz",
                  "log_bundle_model", "set_tags", "describe_run", "heartbeat"):
         assert name in named, name
     for module, name in tracking_off.recording_functions():
