@@ -17,6 +17,7 @@ A run without owner tags (opened by another tool) is never touched.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -68,11 +69,17 @@ def heartbeat_tags():
     return {names.TAG_HEARTBEAT: str(int(time.time()))}
 
 
-def heartbeat():
-    """Renew the active run's heartbeat (a training calls this every epoch)."""
+def heartbeat(metrics=None, step=None):
+    """Renew the active run's heartbeat (a training calls this every epoch), with ``metrics``
+    (their finite values) at ``step`` in the same write: one store transaction a call."""
     import mlflow
+    from mlflow.entities import Metric, RunTag
 
-    mlflow.set_tags(heartbeat_tags())
+    now = int(time.time() * 1000)
+    values = [Metric(key, float(v), now, step or 0) for key, v in (metrics or {}).items()
+              if v is not None and math.isfinite(float(v))]
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=values,
+                                    tags=[RunTag(k, v) for k, v in heartbeat_tags().items()])
 
 
 def why_stale(tags, *, now=None):

@@ -1,6 +1,7 @@
 """ptyparity's benchmark: every performance figure, measured side by side in one run.
 
     .venv/bin/python scripts/bench.py [--quick] [--json bench.json] [--repeats 3] [--only step,train,...]
+        [--train-groups 2048 --train-epochs 40]   (the train section at the issue's longer training)
 
 Sections (each in its own child processes, one at a time, so frameworks never share a
 process and a measurement never competes with another):
@@ -241,10 +242,17 @@ def main(argv=None):
     parser.add_argument("--accelerator", default="cpu", help="step section only: cpu or gpu (bench_gpu.sh)")
     parser.add_argument("--sizes", help="step section only: small,realistic (default both)")
     parser.add_argument("--step-groups", type=int, help="step section only: groups per epoch at every size")
+    parser.add_argument("--train-groups", type=int, help="train section only: groups of the measured trainings "
+                        "(default 512; the issue's longer training: 2048)")
+    parser.add_argument("--train-epochs", type=int, help="train section only: epochs of the measured trainings "
+                        "(default 8; the issue's longer training: 40)")
     args = parser.parse_args(argv)
     OPTIONS.update(accelerator=args.accelerator, sizes=args.sizes.split(",") if args.sizes else None)
     if args.step_groups:
         PLAN["step_groups"] = tuple({k: args.step_groups for k in plan} for plan in PLAN["step_groups"])
+    for key, value in (("n_groups", args.train_groups), ("epochs", args.train_epochs)):
+        if value:
+            PLAN["train"] = tuple({**plan, key: value} for plan in PLAN["train"])
     if args.repeats < 3:
         parser.error("--repeats must be >= 3 (every figure is a median)")
     sections = args.only.split(",") if args.only else list(SECTIONS)
@@ -256,6 +264,7 @@ def main(argv=None):
     meta = {"cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
             "processor": _cpu_model(), "python": platform.python_version(), "quick": args.quick,
             "repeats": args.repeats, "accelerator": args.accelerator, "load_average_start": os.getloadavg(),
+            "train_plan": PLAN["train"][0 if args.quick else 1],
             "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}}
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
         os.environ["PTYPARITY_BENCH_CACHE"] = cache  # the workers' simulated datasets, made once

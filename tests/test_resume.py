@@ -219,6 +219,24 @@ def test_a_run_is_stale_only_when_its_owner_is_gone():
     assert tracking_liveness.why_stale({}) is None  # no owner tags (another tool's run): never touched
 
 
+def test_the_heartbeat_renews_the_tag_and_logs_the_metrics_given(tracking_uri):
+    from ptyparity import tracking
+
+    client = mlflow.MlflowClient()
+    with tracking.start_run("train", backend="torch") as run:
+        rid = run.info.run_id
+        client.set_tag(rid, names.TAG_HEARTBEAT, "1000")
+        before = int(time.time())
+        tracking_liveness.heartbeat({"checkpoint_seconds": 0.25, "skipped": float("nan")}, step=3)
+        tags = client.get_run(rid).data.tags
+        assert before <= int(tags[names.TAG_HEARTBEAT]) <= int(time.time())
+        assert [(m.value, m.step) for m in client.get_metric_history(rid, "checkpoint_seconds")] == [(0.25, 3)]
+        assert client.get_metric_history(rid, "skipped") == []
+        client.set_tag(rid, names.TAG_HEARTBEAT, "1000")
+        tracking_liveness.heartbeat()  # the tag alone
+        assert int(client.get_run(rid).data.tags[names.TAG_HEARTBEAT]) >= before
+
+
 def test_a_checkpoint_cut_short_leaves_the_previous_epoch_to_resume_from(tmp_path):
     def state(epoch):
         w = {"a.kernel": np.full((3, 3, 1, 2), epoch, np.float32), architecture.LOG_SCALE: np.float32(0.5)}

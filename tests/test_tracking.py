@@ -82,3 +82,60 @@ def test_a_run_reports_its_id_to_the_file_the_parent_names(tracking_uri, tmp_pat
     (stored,) = mlflow.search_runs(experiment_names=["ptyparity"], output_format="list")
     assert tracking.read_reported_run_id(target) == stored.info.run_id and stored.info.status == "FAILED"
     assert tracking.read_reported_run_id(tmp_path / "never-written") is None
+
+
+def _bundle_dir(tmp_path):
+    import math
+
+    from ptyparity import architecture, bundle
+    from ptyparity.config import ModelConfig, TrainConfig
+    from ptyparity.simulate import make_probe
+    from ptyparity.training import Scales
+
+    cfg = ModelConfig(N=32, gridsize=2, n_filters_scale=1, max_offset=6)
+    scales = Scales(input_norm=0.016, data_scale=62.5, intensity_scale=62.5, probe_norm=3.1, nphotons=1e6)
+    return bundle.save(tmp_path / "b", weights=architecture.init_weights(cfg, seed=0, log_scale=math.log(62.5)),
+                       model_cfg=cfg, train_cfg=TrainConfig(model=cfg), scales=scales, probe=make_probe(32),
+                       backend="torch", versions={"torch_version": "x"})
+
+
+def test_logging_a_model_does_not_scan_every_installed_distribution(tracking_uri, tmp_path, monkeypatch):
+    """``log_bundle_model`` checks the requirements against the package metadata: MLflow's map of
+    every installed distribution's modules (0.3-0.4 s, once a process) is not built. MLflow's own
+    check, which the logging replaces for its duration, builds it: the control."""
+    from mlflow.utils import environment, requirements_utils
+
+    scans = []
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions",
+                        lambda: scans.append(1) or {})
+    with tracking.start_run("train", backend="torch"):
+        model_uri, _ = tracking.log_bundle_model(str(_bundle_dir(tmp_path)), pip_requirements=["numpy"])
+    assert scans == []
+    assert environment.warn_dependency_requirement_mismatches is \
+        requirements_utils.warn_dependency_requirement_mismatches  # put back
+    requirements = mlflow.pyfunc.get_model_dependencies(model_uri)
+    with open(requirements) as fh:
+        assert {line.split("==")[0] for line in fh.read().split()} == {"mlflow", "numpy"}
+    environment.warn_dependency_requirement_mismatches(["numpy"])
+    assert scans == [1]
+
+
+def test_requirement_mismatches_are_warned_as_mlflow_finds_them(caplog):
+    import logging
+
+    import numpy as np
+    from mlflow.utils import requirements_utils
+
+    requirements = [f"numpy=={np.__version__}", "numpy==0.0.1", f"mlflow=={mlflow.__version__}", "mlflow<1",
+                    "no-such-package-ptyparity>=1", "./local.whl", "numpy==0.0.1; python_version < '3'"]
+    logger = logging.getLogger("mlflow.utils.requirements_utils")
+    logger.addHandler(caplog.handler)
+    try:
+        found = tracking.warn_requirement_mismatches(requirements)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert found == [str(m) for m in map(requirements_utils._check_requirement_satisfied, requirements) if m]
+    assert [name.split()[0] for name in found] == ["numpy", "mlflow", "no-such-package-ptyparity"]
+    assert "numpy==0.0.1" in caplog.text and "no-such-package-ptyparity" in caplog.text
+    assert tracking.warn_requirement_mismatches(requirements[:1]) == []

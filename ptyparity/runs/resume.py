@@ -44,8 +44,8 @@ def checkpoint_meta(backend, cfg, *, train_path, test_path, measurement, force, 
 
 class CheckpointLogger:
     """``checkpoint(state)`` for :func:`ptyparity.training.fit_model`: overwrites the run's
-    ``checkpoint/`` artifact, renews the run's heartbeat and logs ``checkpoint_seconds``
-    (the cost, at the epoch's step)."""
+    ``checkpoint/`` artifact, then renews the run's heartbeat and logs ``checkpoint_seconds``
+    (the artifact's cost, at the epoch's step) in one write."""
 
     def __init__(self, meta):
         self.meta = meta
@@ -58,9 +58,8 @@ class CheckpointLogger:
         with tempfile.TemporaryDirectory() as tmp:
             for path in checkpoint.save(state, tmp, meta=self.meta):  # NPZ first, then the JSON naming its sha256
                 tracking.log_artifact(path, f"{names.CHECKPOINT_DIR}/{checkpoint.slot(state.epoch)}")
-        tracking_liveness.heartbeat()
         self.seconds.append(time.perf_counter() - start)
-        tracking.log_metrics({"checkpoint_seconds": self.seconds[-1]}, step=state.epoch - 1)
+        tracking_liveness.heartbeat({"checkpoint_seconds": self.seconds[-1]}, step=state.epoch - 1)
 
 
 def log_resumed_history(state):
