@@ -215,7 +215,9 @@ def loss_figure(history):
 
     Fixed margins (room for 7-character tick labels) instead of ``tight_layout``: every
     training logs this figure, and ``tight_layout`` draws it once more to measure it
-    (~0.1 s, a third of its cost)."""
+    (~0.1 s, a third of its cost). The titles sit at a fixed height (where matplotlib puts
+    them anyway: these axes have nothing above them) so the draw does not measure every
+    axis' ticks to place them (~10 % of a render, the same pixels)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.91, wspace=0.26)
@@ -229,7 +231,7 @@ def loss_figure(history):
     _log_scale_if_positive(axes[2], history["learning_rate"])
     for ax, title in zip(axes, ("loss", "Poisson deviance", "learning rate")):
         ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, y=1.0)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     return fig

@@ -85,14 +85,24 @@ class _Stamps:
         self.hooks = type("StampHooks", (TrainHooks,), {"on_step": lambda _, step, m: self.times.append(
             time.perf_counter())})()
 
-    def epoch_rates(self, steps_per_epoch, batch):
+    def epoch_rates(self, steps_per_epoch, batch, last_batch=None):
         """Steady-state groups/s of each epoch after the first: steps 2..n of the epoch
         (its first step carries the epoch boundary: validation, tracing, set-up)."""
-        rates = []
-        for e in range(1, len(self.times) // steps_per_epoch):
-            t = self.times[e * steps_per_epoch : (e + 1) * steps_per_epoch]
-            rates.append((len(t) - 1) * batch / (t[-1] - t[0]))
-        return rates
+        return steady_rates(self.times, steps_per_epoch, batch, 1, last_batch)
+
+
+def steady_rates(times, steps_per_epoch, batch, first_epoch=1, last_batch=None):
+    """Per epoch from ``first_epoch``: the groups of steps 2..n over the time from the end of its
+    first step to the end of its last, ``times`` being when each step ended; every step holds
+    ``batch`` groups but an epoch's last, which holds ``last_batch`` (default ``batch``)."""
+    if steps_per_epoch < 2:
+        raise ValueError("a steady step rate needs >= 2 steps an epoch")
+    groups = (steps_per_epoch - 2) * batch + (batch if last_batch is None else last_batch)
+    rates = []
+    for e in range(first_epoch, len(times) // steps_per_epoch):
+        t = times[e * steps_per_epoch : (e + 1) * steps_per_epoch]
+        rates.append(groups / (t[-1] - t[0]))
+    return rates
 
 
 def bare_step_rate(api, data, cfg, repeats, accelerator="cpu"):
@@ -107,7 +117,8 @@ def bare_step_rate(api, data, cfg, repeats, accelerator="cpu"):
                                                                      log_scale=ts.scales.log_scale))
     stamps = _Stamps()
     api.fit(model, ts, stamps.hooks, quiet=True, accelerator=accelerator)
-    rates = stamps.epoch_rates(ts.steps_per_epoch, cfg.batch_size)
+    rates = stamps.epoch_rates(ts.steps_per_epoch, cfg.batch_size,
+                               len(ts.train_idx) - (ts.steps_per_epoch - 1) * cfg.batch_size)
     return _median(rates), rates
 
 
@@ -182,33 +193,48 @@ def train(args):
     save_npz(paths["test"], test_data)
     cfg = _train_config(size, args["n_groups"], args["epochs"])
     phases = _timed_phases()
-    from ptyparity import tracking
+    from ptyparity import tracking, training
+    from ptyparity.runs import train as train_run
+
+    ts = training.prepare(train_data, training.resolve_config(cfg, train_data))
+    trained = len(ts.train_idx) * cfg.max_epochs
+    step_ends = []  # when each step of the run being timed ended (its step hook was called)
+    logged_step = train_run._EpochLogger.on_step
+
+    def stamped_step(self, step, metrics):
+        logged_step(self, step, metrics)
+        step_ends.append(time.perf_counter())
+
+    train_run._EpochLogger.on_step = stamped_step
 
     tracking.init_store()  # the store's creation (~2 s) is nobody's training
     with tracking_off.disabled():  # warm-up: framework kernels, TF tracing caches, matplotlib
         run_train(backend, paths["train"], _train_config(size, 32, 1), test_path=paths["test"], quiet=True)
     walls, phase_runs = {"on": [], "off": []}, []
-    bare, recording = [], []
+    bare, recording, in_run = [], [], []
+    last_batch = len(ts.train_idx) - (ts.steps_per_epoch - 1) * cfg.batch_size
     result = None
     for repeat in range(repeats):  # interleaved, so a change of load hits all three alike,
         for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):  # in turn first: no order bias
             phases.clear()
+            step_ends.clear()
             start = time.perf_counter()
             if mode == "on":
                 result = run_train(backend, paths["train"], cfg, test_path=paths["test"], quiet=True)
                 recording.append(phases.pop("recording", 0.0))
                 phase_runs.append(dict(phases, total=time.perf_counter() - start))
+                # The run's own steady step rate (every epoch, as bare_step_rate counts them):
+                # beside the bare rate of a separate fit, a reading no drift between runs can move.
+                in_run.append(_median(steady_rates(step_ends, ts.steps_per_epoch, cfg.batch_size, 0, last_batch)))
             else:
                 with tracking_off.disabled():
                     run_train(backend, paths["train"], cfg, test_path=paths["test"], quiet=True)
             walls[mode].append(time.perf_counter() - start)
         bare.append(bare_step_rate(api, train_data, cfg, 1)[0])
-    from ptyparity import training
-
-    ts = training.prepare(train_data, training.resolve_config(cfg, train_data))
-    trained = len(ts.train_idx) * cfg.max_epochs
+    train_run._EpochLogger.on_step = logged_step
     out = {"e2e": trained / _median(walls["on"]), "off": trained / _median(walls["off"]), "bare": _median(bare),
-           "walls": walls, "bare_samples": bare, "recording_seconds": _median(recording),
+           "walls": walls, "bare_samples": bare, "in_run_step_samples": in_run, "trained_groups": trained,
+           "recording_seconds": _median(recording),
            "recording_samples": recording, "n_train_groups": len(ts.train_idx), "epochs": cfg.max_epochs,
            "phases": {k: _median([p.get(k, 0.0) for p in phase_runs]) for k in phase_runs[0]}}
     out.update(_inference(result.model_uri, _first_patterns(test_data, args.get("infer_patterns")), repeats))

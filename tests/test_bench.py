@@ -22,7 +22,8 @@ STEPS = ("simulate", "train_torch", "train_tensorflow", "infer_torch", "infer_te
 EXPECTED = (
     [f"step.{size}.{b}.groups_per_s" for size in ("small", "realistic") for b in BACKENDS]
     + [f"step.{size}.ratio_torch_over_tf" for size in ("small", "realistic")]
-    + [f"e2e.{b}.{k}" for b in BACKENDS for k in ("groups_per_s", "bare_groups_per_s", "e2e_over_bare")]
+    + [f"e2e.{b}.{k}" for b in BACKENDS for k in ("groups_per_s", "bare_groups_per_s", "e2e_over_bare",
+                                                         "in_run_step_groups_per_s", "e2e_over_in_run_steps")]
     + [f"e2e.{b}.phase.{p}_seconds" for b in BACKENDS for p in ("fit", "debug_dumps", "test_deviance",
                                                                 "bundle_registry", "total")]
     + [f"tracking.{b}.{k}" for b in BACKENDS for k in ("off_groups_per_s", "tracking_overhead",
@@ -79,7 +80,10 @@ def test_quick_bench_records_the_machine_and_prints_the_table(quick_bench):
     # Every median came from >= 3 samples.
     for backend in BACKENDS:
         assert len(result["raw"][f"step.{backend}"]["small_samples"]) >= 3
-        assert len(result["raw"][f"train.{backend}"]["walls"]["on"]) >= 3
+        train = result["raw"][f"train.{backend}"]
+        assert len(train["walls"]["on"]) >= 3
+        # The paired ratios pair each repeat's samples: one of each per repeat.
+        assert len(train["bare_samples"]) == len(train["in_run_step_samples"]) == len(train["walls"]["on"])
     assert len(result["raw"]["compare"]["server"]["latest"]) >= 3
     # The torch step was measured with the wait defaults the CLI gets from the backend package.
     assert result["raw"]["step.torch"]["threads"]["GOMP_SPINCOUNT"] == str(SPIN_COUNT)

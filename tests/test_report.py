@@ -70,3 +70,30 @@ def test_patch_grid_image_headings_name_the_scale():
     buf = io.BytesIO()
     report.patch_grid_image(patches).save(buf, format="png")
     assert buf.getvalue().startswith(b"\x89PNG")
+
+
+def test_loss_figure_titles_sit_where_matplotlib_would_place_them():
+    """The loss figure pins its titles' height to skip matplotlib's placement pass; the picture
+    must be the one the automatic placement draws (log-scale axes included)."""
+    import io
+
+    plt = report.pyplot()
+    epochs = 8
+    history = {key: list(np.geomspace(1.0, 0.05, epochs) * (1 + 0.1 * i))
+               for i, key in enumerate(("train_loss", "val_loss", "train_deviance", "val_deviance"))}
+    history["learning_rate"] = [1e-3] * 4 + [5e-4] * 4
+
+    def pixels(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="rgba")
+        return buf.getvalue()
+
+    fig = report.loss_figure(history)
+    try:
+        pinned = pixels(fig)
+        for ax in fig.axes:
+            assert not ax._autotitlepos
+            ax._autotitlepos = True  # matplotlib's own placement again (no public switch back)
+        assert pixels(fig) == pinned
+    finally:
+        plt.close(fig)

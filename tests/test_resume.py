@@ -259,3 +259,52 @@ def test_a_checkpoint_cut_short_leaves_the_previous_epoch_to_resume_from(tmp_pat
     (tmp_path / checkpoint.slot(1) / checkpoint.STATE_JSON).unlink()
     with pytest.raises(PtyparityError, match="no complete checkpoint"):
         checkpoint.load_latest(tmp_path)
+
+
+def test_each_epoch_is_one_store_write_with_its_checkpoint_and_heartbeat(data_dir, store, monkeypatch):
+    """An epoch's metrics, its ``checkpoint_seconds`` and the heartbeat tag go to the store in one
+    ``log_batch``, after the epoch's checkpoint artifact (the store spied on, not replaced)."""
+    experiment = "one-write-an-epoch"
+    writes = []
+    log_batch = mlflow.MlflowClient.log_batch
+
+    def spied(self, run_id, metrics=(), params=(), tags=(), *args, **kwargs):
+        writes.append(({m.key: m for m in metrics}, {t.key for t in tags}))
+        return log_batch(self, run_id, metrics, params, tags, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", spied)
+    result = run_train("torch", data_dir / "train.npz", small_config(48), register=False, experiment=experiment,
+                       **FAST)
+    # (MLflow's log_model copies the step-0 metrics onto the logged model: that write names a model_id.)
+    epoch_writes = [(m, t) for m, t in writes if "train_loss" in m and m["train_loss"].model_id is None]
+    assert len(epoch_writes) == EPOCHS
+    for epoch, (metrics, tags) in enumerate(epoch_writes):
+        assert set(training.EPOCH_KEYS) | {"checkpoint_seconds"} <= set(metrics)
+        assert {m.step for m in metrics.values()} == {epoch}
+        assert names.TAG_HEARTBEAT in tags
+    assert not [m for m, _ in writes if "checkpoint_seconds" in m and "train_loss" not in m]  # no second write
+    client = mlflow.MlflowClient()
+    for key in training.EPOCH_KEYS + ("checkpoint_seconds",):
+        history = client.get_metric_history(result.run_id, key)
+        assert [m.step for m in history] == list(range(EPOCHS)), key
+    assert [m.value for m in client.get_metric_history(result.run_id, "train_loss")] == \
+        pytest.approx(result.history["train_loss"], rel=1e-12)
+
+
+def test_an_epoch_whose_checkpoint_fails_keeps_its_metrics(data_dir, store, monkeypatch):
+    experiment = "checkpoint-fails"
+
+    def failing(state, directory, meta=None):
+        if state.epoch == 2:
+            raise OSError("disk full")
+        return save(state, directory, meta=meta)
+
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_train("torch", data_dir / "train.npz", small_config(48), register=False, experiment=experiment, **FAST)
+    client = mlflow.MlflowClient()
+    (run,) = train_runs(client, experiment)
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "checkpoint_seconds")] == [0]

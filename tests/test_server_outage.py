@@ -137,14 +137,15 @@ def test_training_met_the_outage_and_outlived_it(outage):
     assert min(m.timestamp for m in history) / 1000 < outage["t_down"]
 
 
-def test_nothing_is_lost(outage):
+def test_nothing_is_lost(outage, monkeypatch):
     from ptyparity import bundle
     from ptyparity.config import TrainConfig, model_config_from_dict
     from ptyparity.runs.common import config_params, scale_params
     from ptyparity.tracking import param_text
 
     client, run_id = outage["client"], outage["run_id"]
-    os.environ["MLFLOW_TRACKING_URI"] = outage["url"]  # bundle.load resolves models:/ through the env
+    # bundle.load resolves models:/ through the env (restored after: the server stops with the module)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outage["url"])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "ptyparity.error" not in run.data.tags

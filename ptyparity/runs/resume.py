@@ -44,22 +44,52 @@ def checkpoint_meta(backend, cfg, *, train_path, test_path, measurement, force, 
 
 class CheckpointLogger:
     """``checkpoint(state)`` for :func:`ptyparity.training.fit_model`: overwrites the run's
-    ``checkpoint/`` artifact, then renews the run's heartbeat and logs ``checkpoint_seconds``
-    (the artifact's cost, at the epoch's step) in one write."""
+    ``checkpoint/`` artifact, then, in one write, renews the run's heartbeat and logs
+    ``checkpoint_seconds`` (the artifact's cost) at the epoch's step, with the epoch's metrics
+    when the run's epoch logger handed them over (:meth:`hold`).
+
+    A training ends every epoch with its metrics, then its checkpoint; writing both in one
+    store transaction saves one (~7-10 ms on sqlite) an epoch."""
 
     def __init__(self, meta):
         self.meta = meta
         self.seconds = []
+        self._held = None  # (epoch, metrics) of the epoch whose checkpoint comes next
+
+    def hold(self, epoch, metrics):
+        """Keep epoch ``epoch``'s metrics (logged at step ``epoch``) for this epoch's checkpoint write."""
+        self.flush()
+        self._held = (int(epoch), dict(metrics))
+
+    def flush(self):
+        """Write held metrics that no checkpoint followed (the fit stopped in between)."""
+        if self._held is not None:
+            epoch, metrics = self._held
+            self._held = None
+            self._write(metrics, epoch)
 
     def __call__(self, state):
+        start = time.perf_counter()
+        written = {}
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in checkpoint.save(state, tmp, meta=self.meta):  # NPZ first, then the JSON naming its sha256
+                    tracking.log_artifact(path, f"{names.CHECKPOINT_DIR}/{checkpoint.slot(state.epoch)}")
+            self.seconds.append(time.perf_counter() - start)
+            written = {"checkpoint_seconds": self.seconds[-1]}
+        finally:  # the epoch's metrics are written even when its checkpoint failed
+            step = state.epoch - 1
+            if self._held is not None and self._held[0] != step:
+                self.flush()  # not this epoch's (cannot happen in a fit): at their own step
+            metrics = self._held[1] if self._held is not None else {}
+            self._held = None
+            self._write({**metrics, **written}, step)
+
+    @staticmethod
+    def _write(metrics, step):
         from ptyparity import tracking_liveness
 
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in checkpoint.save(state, tmp, meta=self.meta):  # NPZ first, then the JSON naming its sha256
-                tracking.log_artifact(path, f"{names.CHECKPOINT_DIR}/{checkpoint.slot(state.epoch)}")
-        self.seconds.append(time.perf_counter() - start)
-        tracking_liveness.heartbeat({"checkpoint_seconds": self.seconds[-1]}, step=state.epoch - 1)
+        tracking_liveness.heartbeat(metrics, step=step)
 
 
 def log_resumed_history(state):

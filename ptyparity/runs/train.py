@@ -262,10 +262,14 @@ class _Probe:
 
 
 class _EpochLogger(training.TrainHooks):
-    """Logs each epoch's metrics as it ends; keeps the per-step values for one batch write."""
+    """Logs each epoch's metrics as it ends; keeps the per-step values for one batch write.
 
-    def __init__(self, rec):
-        self.rec = rec
+    With a ``saver`` (the run's :class:`~ptyparity.runs.resume.CheckpointLogger`, which the
+    backend calls right after each epoch ends) the metrics go into the saver's write of that
+    epoch's checkpoint: one store transaction an epoch."""
+
+    def __init__(self, rec, saver=None):
+        self.rec, self.saver = rec, saver
         self.steps = {key: [] for key in training.STEP_KEYS}
 
     def on_step(self, step, metrics):
@@ -273,23 +277,30 @@ class _EpochLogger(training.TrainHooks):
             self.steps[key].append(metrics[key])
 
     def on_epoch_end(self, epoch, metrics):
-        self.rec.log_epoch(epoch, {k: v for k, v in metrics.items() if v is not None})
+        values = {k: v for k, v in metrics.items() if v is not None}
+        if self.saver is None:
+            self.rec.log_epoch(epoch, values)
+        else:
+            self.saver.hold(epoch, values)
+            self.rec.epochs_logged = max(self.rec.epochs_logged, epoch + 1)
 
 
-def _fit(rec, api, model, ts, resume=None, **fit_options):
+def _fit(rec, api, model, ts, resume=None, checkpoint=None, **fit_options):
     """:func:`training.fit_model`, with the step series logged even when it diverges (whose
     message becomes tag ``ptyparity.error``); a resumed fit's series start with the checkpoint's."""
     from ptyparity.errors import PtyparityError
 
-    hooks = _EpochLogger(rec)
+    hooks = _EpochLogger(rec, checkpoint)
     if resume is not None:
         hooks.steps = {key: list(resume.history[key]) for key in training.STEP_KEYS}
     try:
-        return training.fit_model(api, model, ts, hooks=hooks, resume=resume, **fit_options)
+        return training.fit_model(api, model, ts, hooks=hooks, resume=resume, checkpoint=checkpoint, **fit_options)
     except PtyparityError as err:
         tracking.set_tags({names.TAG_ERROR: str(err)[:5000]})
         raise
     finally:
+        if checkpoint is not None:
+            checkpoint.flush()
         rec.log_steps({key: hooks.steps[key] for key in ("train_step_deviance", "train_step_loss")})
 
 
