@@ -105,6 +105,11 @@ def steady_rates(times, steps_per_epoch, batch, first_epoch=1, last_batch=None):
     return rates
 
 
+def _last_batch(ts):
+    """Groups in the last step of each epoch of training set ``ts``."""
+    return len(ts.train_idx) - (ts.steps_per_epoch - 1) * ts.cfg.batch_size
+
+
 def bare_step_rate(api, data, cfg, repeats, accelerator="cpu"):
     """Median steady-state training-step groups/s (no validation, no hooks beyond a clock)."""
     import dataclasses
@@ -117,8 +122,7 @@ def bare_step_rate(api, data, cfg, repeats, accelerator="cpu"):
                                                                      log_scale=ts.scales.log_scale))
     stamps = _Stamps()
     api.fit(model, ts, stamps.hooks, quiet=True, accelerator=accelerator)
-    rates = stamps.epoch_rates(ts.steps_per_epoch, cfg.batch_size,
-                               len(ts.train_idx) - (ts.steps_per_epoch - 1) * cfg.batch_size)
+    rates = stamps.epoch_rates(ts.steps_per_epoch, cfg.batch_size, _last_batch(ts))
     return _median(rates), rates
 
 
@@ -212,7 +216,7 @@ def train(args):
         run_train(backend, paths["train"], _train_config(size, 32, 1), test_path=paths["test"], quiet=True)
     walls, phase_runs = {"on": [], "off": []}, []
     bare, recording, in_run = [], [], []
-    last_batch = len(ts.train_idx) - (ts.steps_per_epoch - 1) * cfg.batch_size
+    last_batch = _last_batch(ts)
     result = None
     for repeat in range(repeats):  # interleaved, so a change of load hits all three alike,
         for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):  # in turn first: no order bias
