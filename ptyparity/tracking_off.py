@@ -42,7 +42,8 @@ def _start_run(kind, **kwargs):
     yield types.SimpleNamespace(info=types.SimpleNamespace(run_id=run_id, experiment_id="0"))
 
 
-def _log_bundle_model(bundle_dir, *, registered_model_name=None, pip_requirements=None):
+def _log_bundle_model(bundle_dir, *, registered_model_name=None, pip_requirements=None, step=0,
+                      model_metrics=()):
     return "none", None
 
 

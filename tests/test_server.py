@@ -62,6 +62,14 @@ def test_pipeline_over_http_records_everything(pipeline):
     for backend in ("torch", "tensorflow"):
         version = client.get_model_version_by_alias(f"ptyparity-{backend}", "parity-passed")
         assert version.run_id == ids[f"train_{backend}"]
+        # the logged model carries the last epoch's val_loss, linked over HTTP
+        train = client.get_run(ids[f"train_{backend}"])
+        (output,) = train.outputs.model_outputs
+        linked = {m.key: m for m in client.get_logged_model(output.model_id).metrics}
+        last = client.get_metric_history(train.info.run_id, "val_loss")[-1]
+        last_epoch = int(train.data.params["max_epochs"]) - 1
+        assert (linked["val_loss"].value, linked["val_loss"].step) == (last.value, last_epoch)
+        assert "train_step_loss" not in linked and "test_deviance_initial" not in linked
     assert not (root / "mlruns").exists()  # nothing was written next to the client
 
 

@@ -74,6 +74,25 @@ def test_train_run_is_complete(trained):
     assert version.run_id == run.info.run_id
 
 
+def test_the_logged_model_carries_the_trained_models_metrics(trained):
+    # MLflow's default links the run's step-0 metrics (epoch 0, the initial dump) to the model.
+    client = mlflow.MlflowClient()
+    run_id = trained.info.run_id
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    assert output.step == 3 * 6  # the training's optimizer steps
+    model = client.get_logged_model(output.model_id)
+    assert model.source_run_id == run_id
+    linked = {m.key: m for m in model.metrics}
+    assert "val_loss" in linked and "patch.amp.var_zero_mean" in linked and "test_deviance" in linked
+    assert not {"train_step_loss", "train_step_deviance", "checkpoint_seconds", "test_deviance_initial"} & set(linked)
+    assert set(linked) == set(trained.data.metrics) - {"train_step_loss", "train_step_deviance",
+                                                         "checkpoint_seconds", "test_deviance_initial"}
+    for key, metric in linked.items():
+        last = max(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        assert (metric.value, metric.step, metric.timestamp) == (last.value, last.step, last.timestamp), key
+    assert linked["val_loss"].step == 2 and linked["patch.amp.var_zero_mean"].step == 3
+
+
 def test_trained_beats_untrained_on_held_out_deviance(trained):
     m = trained.data.metrics
     assert m["test_deviance"] < m["test_deviance_initial"]

@@ -113,7 +113,8 @@ def run_train(backend, train_path, cfg, *, test_path=None, experiment=names.DEFA
             final.update(test_deviance_initial=dev0, test_deviance=dev1)
         _log_history(fit.history)
         extra = {"train_run_id": run.info.run_id, "dataset_digest": digest, "config_hash": chash}
-        model_uri, version = _log_bundle(api, backend, cfg, ts, fit, extra, register=register)
+        model_uri, version = _log_bundle(api, backend, cfg, ts, fit, extra, register=register,
+                                         model_metrics=_model_metric_keys(final))
         _describe(run.info.run_id, {**config_params(cfg), **final, **tags, names.TAG_BACKEND: backend,
                                     "intensity_scale": fit.scales.intensity_scale}, version)
         return TrainResult(run_id=run.info.run_id, model_uri=model_uri, registered_version=version,
@@ -328,8 +329,22 @@ def _describe(run_id, record, version):
         {"source_kind": "train", "source_run_id": run_id, **version_tags}), tags=version_tags)
 
 
-def _log_bundle(api, backend, cfg, ts, fit, extra, *, register):
-    """Save the bundle, log it as the run's pyfunc model and (``register``) register it.
+# What a train run logs about its own process, not about the model it ends with.
+_PROCESS_METRICS = frozenset(training.STEP_KEYS + ("checkpoint_seconds", "test_deviance_initial"))
+
+
+def _model_metric_keys(final):
+    """The metrics the logged model carries: the last epoch's, the final dump's statistics and
+    the held-out deviance, each at its latest step (MLflow's own default, the run's step-0
+    values, would show the untrained network beside the trained model)."""
+    return sorted((set(final) | set(training.EPOCH_KEYS)) - _PROCESS_METRICS)
+
+
+def _log_bundle(api, backend, cfg, ts, fit, extra, *, register, model_metrics=()):
+    """Save the bundle, log it as the run's pyfunc model at the step the training ends on (its
+    optimizer step count, ``ts.steps_per_epoch * cfg.max_epochs``: past every per-step value, so
+    MLflow links nothing there but, with one step an epoch, the final dump's statistics) with
+    ``model_metrics`` linked to it, and (``register``) register it.
 
     Returns
     -------
@@ -344,4 +359,5 @@ def _log_bundle(api, backend, cfg, ts, fit, extra, *, register):
                                  versions=api.versions(), extra=extra)
         return tracking.log_bundle_model(bundle_dir,
                                          registered_model_name=names.registered_model_name(backend) if register
-                                         else None)
+                                         else None, step=ts.steps_per_epoch * cfg.max_epochs,
+                                         model_metrics=model_metrics)
