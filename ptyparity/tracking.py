@@ -296,8 +296,8 @@ def log_bundle_model(bundle_dir, *, registered_model_name=None, pip_requirements
     pip_requirements : list of str, optional
     step : int
         The run's step the model comes from. MLflow links every metric the run logged at
-        that step to the model; a train run passes its optimizer step count, where nothing
-        is logged, and names the model's metrics in ``model_metrics`` instead.
+        that step to the model; a train run passes its optimizer step count, past its
+        per-step values, and names the model's metrics in ``model_metrics`` instead.
     model_metrics : iterable of str
         Metric keys whose latest entry (highest step) describes the model: linked to it as
         logged (same value, step and timestamp, so the run's histories gain no point).
