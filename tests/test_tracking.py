@@ -139,3 +139,29 @@ def test_requirement_mismatches_are_warned_as_mlflow_finds_them(caplog):
     assert [name.split()[0] for name in found] == ["numpy", "mlflow", "no-such-package-ptyparity"]
     assert "numpy==0.0.1" in caplog.text and "no-such-package-ptyparity" in caplog.text
     assert tracking.warn_requirement_mismatches(requirements[:1]) == []
+
+
+@pytest.mark.parametrize("run_data", ["as_mlflow_keeps_it", "without_metric_objs"])
+def test_model_metrics_are_linked_at_their_latest_entry_and_the_run_gains_no_point(tracking_uri, monkeypatch,
+                                                                                   run_data):
+    client = mlflow.MlflowClient()
+    if run_data == "without_metric_objs":  # another MLflow: the histories are read instead
+        get_run = mlflow.MlflowClient.get_run
+
+        def bare_get_run(self, run_id):
+            run = get_run(self, run_id)
+            del run.data._metric_objs
+            return run
+
+        monkeypatch.setattr(mlflow.MlflowClient, "get_run", bare_get_run)
+    with mlflow.start_run() as run:
+        for step in range(3):
+            mlflow.log_metrics({"val_loss": 1.0 / (step + 1), "train_step_loss": 2.0 + step}, step=step)
+        mlflow.log_metrics({"patch.amp.mean": 0.25}, step=0)
+        mlflow.log_metrics({"patch.amp.mean": 0.5}, step=3)
+        model = mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
+        tracking._link_model_metrics(client, run.info.run_id, model.model_id, ["val_loss", "patch.amp.mean"], 3)
+    linked = {m.key: (m.value, m.step) for m in client.get_logged_model(model.model_id).metrics}
+    # patch.amp.mean's latest entry is at the step log_model links itself (3): left to it
+    assert linked == {"val_loss": (1.0 / 3, 2)}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
